@@ -1,0 +1,107 @@
+"""Command line: ``dlsa-prod train | eval | info`` (click)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import DLSAError
+
+
+class _Group(click.Group):
+    """Print DLSAError subclasses as one line and exit 2, without a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except DLSAError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="dlsa_prod")
+def main():
+    """DLSA (Dynamic Label Space Adjustment) for long-tailed recognition: train, evaluate, ship."""
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="run directory (default: output.dir)")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), help="overrides the config's device")
+@click.option("--seed", type=int, help="overrides the config's seed")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config key, e.g. gmflow.optim.lr=0.1")
+@click.option("--force", is_flag=True, help="replace an existing output directory")
+def train(config, out, device, seed, overrides, force):
+    """Train DLSA (and the plain baseline classifiers) from CONFIG.yaml; print the metrics table."""
+    from .config import load_config
+    from .pipeline import run_training
+
+    extra = list(overrides)
+    if device:
+        extra.append(f"device={device}")
+    if seed is not None:
+        extra.append(f"seed={seed}")
+    cfg = load_config(config, extra)
+    out = out or cfg.output.dir
+    run_training(cfg, Path(out), force=force)
+
+
+@main.command(name="eval")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--features", "feature_file", required=True, type=click.Path(path_type=Path),
+              help="HDF5 or .npz file with features and labels")
+@click.option("--device", default="cpu", type=click.Choice(["cpu", "cuda", "auto"]))
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="also write the metrics here")
+def eval_cmd(run_dir, feature_file, device, json_out):
+    """Re-score a trained run's models on any feature file."""
+    import numpy as np
+
+    from .data import read_features
+    from .device import resolve_device
+    from .evaluation import evaluate
+    from .metrics import format_table
+    from .run_dir import load_run, write_json
+
+    dev = resolve_device(device)
+    run = load_run(run_dir, dev)
+    fs = read_features(feature_file, run.meta["num_classes"], run.meta["dim"])
+    counts = np.asarray(run.meta["train_class_counts"])
+    metrics = evaluate(run.model, run.baselines, fs, counts, dev, run.meta.get("many_shot", 100),
+                       run.meta.get("few_shot", 20))
+    rows = {("DLSA" if k == "dlsa" else k.replace("plain_", "plain ")): v for k, v in metrics.items()}
+    click.echo(format_table(rows, f"{feature_file} ({len(fs)} samples, accuracy %)"))
+    share = metrics["dlsa"]["routing_share"]
+    click.echo("routing share (depth 1..%d, regular): %s" % (len(share) - 1, ", ".join(f"{100 * s:.1f}%" for s in share)))
+    if json_out:
+        write_json(Path(json_out), metrics)
+
+
+@main.command()
+def info():
+    """Versions, devices and whether the native GMM ops are built."""
+    import torch
+
+    from . import __version__
+    from .ops import native
+
+    click.echo(f"dlsa_prod {__version__}")
+    click.echo(f"torch {torch.__version__} (CUDA build: {torch.version.cuda or 'none'}, "
+               f"GPU available: {torch.cuda.is_available()})")
+    status = native.build_info()
+    click.echo(f"native ops: {status}")
+    try:
+        import onnxruntime as ort
+
+        click.echo(f"onnxruntime {ort.__version__} providers: {', '.join(ort.get_available_providers())}")
+    except ImportError:
+        click.echo("onnxruntime: not installed")
+    click.echo(json.dumps({"tf32_matmul": torch.backends.cuda.matmul.fp32_precision
+                           if hasattr(torch.backends.cuda.matmul, "fp32_precision") else None}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""Run configuration: YAML validated by pydantic.
+
+The sections mirror the research code (silicx/DLSA) so that its configs load after adding
+only a ``data`` section: ``gmflow`` (flow filter), ``filter``, ``cacls`` (cluster-aided
+classifier), ``regcls`` (regular classifier) and ``max_depth``.  Keys the research code
+reads but that have no effect here (``num_workers``, ``save_freq``, ``root_dir`` ...) are
+accepted and ignored; options it offers that dlsa_prod does not implement (classifier
+type ``ride``, other contrast types) fail with a clear message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+# Values the research code offers but dlsa_prod does not implement: key -> supported values.
+_NOT_IMPLEMENTED_HINTS = {
+    "type": "linear, cosine",
+    "contrast_type": "soft_ce",
+    "inputs": "XZP, XZ",
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------- gmflow
+class FlowModelConfig(_Section):
+    n_blocks: int = Field(2, ge=1)
+    n_hidden: int = Field(1, ge=1)
+    hidden_size: Optional[int] = Field(None, ge=2, description="MADE width; null = feature dim (research)")
+    input_order: Literal["sequential", "random"] = "sequential"
+    num_cluster: int = Field(500, ge=1)
+    gmm_center_std: float = Field(0.05, gt=0)
+    batch_norm: bool = True
+    log_scale_clamp: float = Field(10.0, gt=0, description="soft clamp c*tanh(a/c) on MADE log-scales")
+
+
+class FlowDataConfig(_Section):
+    batchsize: int = Field(1024, ge=2)
+    weight_q: float = 2.0
+    num_workers: int = 0  # accepted for research compatibility; features live in memory
+
+
+class OptimConfig(_Section):
+    lr: float = Field(..., gt=0)
+    epoch: int = Field(..., ge=1)
+    momentum: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_epochs: int = Field(0, ge=0)
+    cos_lr: bool = False
+    steps: list[int] = Field(default_factory=list, description="epochs at which lr is multiplied by 0.1")
+    grad_clip: Union[bool, float] = False
+
+
+class FlowLossConfig(_Section):
+    lambda_lh: float = 2.0
+    lambda_balance: float = 1.0
+    lambda_purity: float = 0.02
+    posterior_momentum: float = Field(0.7, ge=0, lt=1)
+    contrast_type: Literal["soft_ce"] = "soft_ce"
+    contrast_margin: Optional[float] = None  # research key; unused by soft_ce
+    contrast_freeze: bool = True
+
+
+class GMFlowConfig(_Section):
+    save_freq: int = 100  # research key; checkpoints are written once per run here
+    eval_freq: int = Field(1, ge=1, description="epochs between flow epoch-selection checks")
+    select_on: Literal["train", "val"] = "train"
+    model: FlowModelConfig = Field(default_factory=FlowModelConfig)
+    data: FlowDataConfig = Field(default_factory=FlowDataConfig)
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=0.2, epoch=50))
+    loss: FlowLossConfig = Field(default_factory=FlowLossConfig)
+
+
+# ----------------------------------------------------------------------------- filter
+class FilterConfig(_Section):
+    llh_proportion: Optional[float] = Field(0.3, gt=0, lt=1)
+    llh_thres: Optional[float] = None
+    min_purity: float = Field(0.7, ge=0, le=1)
+    min_size: int = Field(10, ge=1)
+    max_cluster_size: int = Field(5000, ge=1)
+    min_remaining: int = Field(
+        0, ge=0, description="stop recursing when fewer training samples remain (0 = 2 per class)"
+    )
+
+    @model_validator(mode="after")
+    def _one_rule(self):
+        if self.llh_thres is not None:
+            self.__dict__["llh_proportion"] = None
+        elif self.llh_proportion is None:
+            raise ValueError("set one of filter.llh_proportion or filter.llh_thres")
+        return self
+
+
+# ----------------------------------------------------------------------------- classifiers
+class ClassifierModelConfig(_Section):
+    type: Literal["linear", "cosine"] = "linear"
+    inputs: Literal["XZP", "XZ"] = "XZP"
+    hidden_layers: list[int] = Field(default_factory=list)
+    batch_norm: bool = True
+    weight_decay: float = Field(0.0, ge=0)
+    cosine_scale: float = Field(16.0, gt=0)
+
+
+class ClassifierLossConfig(_Section):
+    type: Literal["CE", "BSM"] = "BSM"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class SamplerConfig(_Section):
+    name: Literal["none", "class-balanced"] = "none"
+    num_samples_cls: Optional[int] = None  # research key, unused
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _aliases(cls, v):
+        if v is None:
+            return "none"
+        aliases = {"classawaresampler": "class-balanced", "class_balanced": "class-balanced",
+                   "classbalanced": "class-balanced", "balanced": "class-balanced"}
+        return aliases.get(str(v).lower(), v)
+
+
+class ClassifierDataConfig(_Section):
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    batchsize: int = Field(128, ge=1)
+    num_workers: int = 0
+
+    @field_validator("sampler", mode="before")
+    @classmethod
+    def _sampler_shorthand(cls, v):
+        return {"name": v} if v is None or isinstance(v, str) else v
+
+
+class ClassifierConfig(_Section):
+    eval_freq: int = Field(5, ge=1)
+    model: ClassifierModelConfig = Field(default_factory=ClassifierModelConfig)
+    loss: ClassifierLossConfig = Field(default_factory=ClassifierLossConfig)
+    data: ClassifierDataConfig = Field(default_factory=ClassifierDataConfig)
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-2, epoch=150))
+
+
+# ----------------------------------------------------------------------------- data / output
+class DigitsConfig(_Section):
+    imbalance_ratio: float = Field(10.0, ge=1)
+    profile: Literal["exponential", "pareto"] = "exponential"
+    test_per_class: int = Field(40, ge=1)
+
+
+class DataConfig(_Section):
+    source: Literal["features", "digits"] = "features"
+    feat_dir: Optional[Path] = None
+    train: Optional[Path] = None
+    val: Optional[Path] = None
+    test: Optional[Path] = None
+    val_per_class: int = Field(10, ge=1, description="val samples carved per class when no val file")
+    val_max_fraction: float = Field(0.2, gt=0, lt=1, description="never carve more than this share of a class")
+    many_shot: int = Field(100, ge=0, description="many-shot: more than this many training samples")
+    few_shot: int = Field(20, ge=1, description="few-shot: fewer than this many training samples")
+    digits: DigitsConfig = Field(default_factory=DigitsConfig)
+
+    @model_validator(mode="after")
+    def _paths(self):
+        if self.source == "features":
+            if self.feat_dir is None and (self.train is None or self.test is None):
+                raise ValueError("data: set feat_dir, or train and test files, for source 'features'")
+        return self
+
+
+class OutputConfig(_Section):
+    dir: Path = Path("runs/dlsa")
+
+
+class RunConfig(_Section):
+    seed: int = 0
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    max_depth: int = Field(1, ge=1)
+    baselines: Optional[list[Literal["CE", "BSM"]]] = Field(
+        None, description="plain classifiers to train for comparison; null = regcls loss type"
+    )
+    data: DataConfig
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    gmflow: GMFlowConfig = Field(default_factory=GMFlowConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    cacls: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    regcls: ClassifierConfig = Field(
+        default_factory=lambda: ClassifierConfig(model=ClassifierModelConfig(inputs="XZ"))
+    )
+    # research keys accepted for compatibility, not used
+    dataset: Optional[str] = None
+    root_dir: Optional[str] = None
+    data_dir: Optional[str] = None
+    backbone_weight_path: Optional[str] = None
+
+    @property
+    def baseline_losses(self) -> list[str]:
+        return list(self.baselines) if self.baselines else [self.regcls.loss.type]
+
+
+# ----------------------------------------------------------------------------- loading
+def _format_loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc if not str(p).startswith("function-"))
+
+
+def _expected(err: dict) -> str:
+    etype = err.get("type", "")
+    ctx = err.get("ctx") or {}
+    mapping = {
+        "int_parsing": "an integer", "int_type": "an integer", "int_from_float": "an integer",
+        "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false",
+        "bool_type": "true or false", "string_type": "a string", "list_type": "a list",
+        "model_type": "a mapping", "dict_type": "a mapping", "path_type": "a path",
+    }
+    if etype in mapping:
+        return mapping[etype]
+    if etype == "literal_error":
+        return f"one of {ctx.get('expected')}"
+    return ""
+
+
+def _describe(err: dict, source: str) -> str:
+    loc = _format_loc(err["loc"])
+    etype = err["type"]
+    got = err.get("input")
+    if etype == "extra_forbidden":
+        return f"{source}: {loc}: unknown key"
+    if etype == "missing":
+        return f"{source}: {loc}: required key is missing"
+    if etype == "literal_error":
+        key = str(err["loc"][-1])
+        supported = _expected(err)
+        if key in _NOT_IMPLEMENTED_HINTS:
+            return (f"{source}: {loc}: {got!r} is not implemented by dlsa_prod "
+                    f"(supported: {_NOT_IMPLEMENTED_HINTS[key]})")
+        return f"{source}: {loc}: got {got!r}, expected {supported}"
+    expected = _expected(err)
+    if expected:
+        return f"{source}: {loc}: expected {expected}, got {got!r}"
+    msg = err.get("msg", "invalid value").removeprefix("Value error, ")
+    return f"{source}: {loc}: {msg}" if loc else f"{source}: {msg}"
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        nxt = node.get(k)
+        if nxt is None:
+            nxt = node[k] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{source}: {dotted}: {k} is not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
+    """Parse ``key.sub=value`` strings; values are read as YAML scalars."""
+    parsed = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value (e.g. gmflow.optim.lr=0.1)")
+        key, raw = item.split("=", 1)
+        parsed.append((key.strip(), yaml.safe_load(raw)))
+    return parsed
+
+
+def _drop_nulls(tree: Any) -> Any:
+    """Research configs write ``key: null`` for "use the default"; drop those keys."""
+    if isinstance(tree, dict):
+        return {k: _drop_nulls(v) for k, v in tree.items() if v is not None}
+    return tree
+
+
+def config_from_dict(tree: dict, source: str = "<config>", overrides=()) -> RunConfig:
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    tree = _drop_nulls(tree)
+    for key, value in parse_overrides(list(overrides)):
+        _set_dotted(tree, key, value, "--set")
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(_describe(first, source)) from None
+
+
+def load_config(path: str | Path, overrides=()) -> RunConfig:
+    """Load and validate a YAML run configuration (relative data paths are relative to the cwd)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if tree is None:
+        raise ConfigError(f"{path}: file is empty")
+    return config_from_dict(tree, str(path), overrides)
+
+
+def config_to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

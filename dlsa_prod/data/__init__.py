@@ -1,0 +1,7 @@
+"""Feature data: files, the quickstart digits source, long-tail draws and splits."""
+
+from .feature_files import read_features, write_features
+from .feature_set import FeatureSet
+from .loading import Splits, load_splits
+
+__all__ = ["FeatureSet", "Splits", "load_splits", "read_features", "write_features"]

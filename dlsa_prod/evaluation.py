@@ -1,0 +1,43 @@
+"""Score a trained cascade and its baselines on a feature set."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .data import FeatureSet
+from .metrics import classification_metrics, routing_share
+from .models import DLSAModel, FeatureClassifier
+
+
+@torch.no_grad()
+def cascade_predictions(model: DLSAModel, x: np.ndarray, device, batch_size: int = 4096):
+    preds, exits = [], []
+    model.eval()
+    for i in range(0, len(x), batch_size):
+        out = model(torch.from_numpy(x[i:i + batch_size]).to(device))
+        preds.append(out.pred.cpu())
+        exits.append(out.exit_depth.cpu())
+    return torch.cat(preds).numpy(), torch.cat(exits).numpy()
+
+
+@torch.no_grad()
+def classifier_predictions(model: FeatureClassifier, x: np.ndarray, device, batch_size: int = 4096) -> np.ndarray:
+    model.eval()
+    return torch.cat([model(torch.from_numpy(x[i:i + batch_size]).to(device)).argmax(1).cpu()
+                      for i in range(0, len(x), batch_size)]).numpy()
+
+
+def evaluate(model: DLSAModel, baselines: dict[str, FeatureClassifier], fs: FeatureSet, train_counts: np.ndarray,
+             device, many: int = 100, few: int = 20) -> dict:
+    pred, exits = cascade_predictions(model, fs.features, device)
+    dlsa = classification_metrics(fs.labels, pred, train_counts, many, few)
+    dlsa["routing_share"] = routing_share(exits, model.depth)
+    # accuracy of the samples at each exit: how well each classifier does on what it receives
+    dlsa["exit_accuracy"] = [float((pred[exits == d] == fs.labels[exits == d]).mean()) if (exits == d).any() else None
+                             for d in range(1, model.depth + 2)]
+    out = {"dlsa": dlsa}
+    for loss, clf in baselines.items():
+        out[f"plain_{loss}"] = classification_metrics(fs.labels, classifier_predictions(clf, fs.features, device),
+                                                      train_counts, many, few)
+    return out

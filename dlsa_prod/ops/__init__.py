@@ -1,0 +1,53 @@
+"""GMM log-likelihood and filtering ops: one entry point each, native kernels when built.
+
+``gmm_loglik`` and ``filter_split`` dispatch to the ``dlsa_prod`` torch custom ops when the
+C++/CUDA extension is built for the input's device, and to the pure-torch GEMM form otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .filtering import filter_split_torch
+from .gmm_torch import GMMOutput, gmm_loglik_broadcast, gmm_loglik_torch
+
+__all__ = ["GMMOutput", "gmm_loglik", "filter_split", "gmm_loglik_torch", "gmm_loglik_broadcast",
+           "native_available"]
+
+
+def native_available(device: str | torch.device = "cpu") -> bool:
+    from . import native
+
+    return native.available(device)
+
+
+def gmm_loglik(u: torch.Tensor, means: torch.Tensor, log_det: Optional[torch.Tensor] = None,
+               cluster_mask: Optional[torch.Tensor] = None, return_log_probs: bool = False,
+               backend: str = "auto") -> GMMOutput:
+    """Per-sample GMM log-likelihood (B,), argmax cluster (B,) and optionally log p_k (B, K).
+
+    ``backend``: "auto" (native op when built for u's device, else torch), "native", "torch".
+    Centres are fixed buffers: no gradient flows to ``means``.
+    """
+    if backend not in ("auto", "native", "torch"):
+        raise ValueError(f"backend must be auto, native or torch, got {backend!r}")
+    if backend != "torch" and not torch.jit.is_scripting() and not torch.onnx.is_in_onnx_export():
+        from . import native
+
+        if native.available(u.device):
+            return native.gmm_loglik_native(u, means, log_det, cluster_mask, return_log_probs)
+        if backend == "native":
+            raise RuntimeError(f"dlsa_prod native ops are not built for device {u.device.type!r}")
+    return gmm_loglik_torch(u, means, log_det, cluster_mask, return_log_probs)
+
+
+def filter_split(loglik: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(exit indices, continue indices), both in ascending order."""
+    if not torch.onnx.is_in_onnx_export():
+        from . import native
+
+        if native.available(loglik.device):
+            return native.filter_split_native(loglik, threshold)
+    return filter_split_torch(loglik, threshold)

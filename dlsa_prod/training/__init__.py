@@ -1,0 +1,3 @@
+from .cascade import DLSATrainResult, llh_threshold, train_baseline, train_dlsa
+
+__all__ = ["DLSATrainResult", "llh_threshold", "train_baseline", "train_dlsa"]
