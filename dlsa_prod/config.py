@@ -49,14 +49,19 @@ class FlowDataConfig(_Section):
 
 
 class OptimConfig(_Section):
-    lr: float = Field(..., gt=0)
-    epoch: int = Field(..., ge=1)
+    lr: float = Field(0.2, gt=0)
+    epoch: int = Field(50, ge=1)
     momentum: float = Field(0.0, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_epochs: int = Field(0, ge=0)
     cos_lr: bool = False
     steps: list[int] = Field(default_factory=list, description="epochs at which lr is multiplied by 0.1")
     grad_clip: Union[bool, float] = False
+
+
+class ClassifierOptimConfig(OptimConfig):
+    lr: float = Field(1e-2, gt=0)
+    epoch: int = Field(150, ge=1)
 
 
 class FlowLossConfig(_Section):
@@ -75,7 +80,7 @@ class GMFlowConfig(_Section):
     select_on: Literal["train", "val"] = "train"
     model: FlowModelConfig = Field(default_factory=FlowModelConfig)
     data: FlowDataConfig = Field(default_factory=FlowDataConfig)
-    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=0.2, epoch=50))
+    optim: OptimConfig = Field(default_factory=OptimConfig)
     loss: FlowLossConfig = Field(default_factory=FlowLossConfig)
 
 
@@ -144,7 +149,7 @@ class ClassifierConfig(_Section):
     model: ClassifierModelConfig = Field(default_factory=ClassifierModelConfig)
     loss: ClassifierLossConfig = Field(default_factory=ClassifierLossConfig)
     data: ClassifierDataConfig = Field(default_factory=ClassifierDataConfig)
-    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-2, epoch=150))
+    optim: ClassifierOptimConfig = Field(default_factory=ClassifierOptimConfig)
 
 
 # ----------------------------------------------------------------------------- data / output
@@ -193,11 +198,21 @@ class RunConfig(_Section):
     regcls: ClassifierConfig = Field(
         default_factory=lambda: ClassifierConfig(model=ClassifierModelConfig(inputs="XZ"))
     )
-    # research keys accepted for compatibility, not used
+    # research keys accepted for compatibility; feat_dir is used when data names no files
+    feat_dir: Optional[Path] = None
     dataset: Optional[str] = None
     root_dir: Optional[str] = None
     data_dir: Optional[str] = None
     backbone_weight_path: Optional[str] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _research_feat_dir(cls, tree):
+        if isinstance(tree, dict) and tree.get("feat_dir") and isinstance(tree.get("data"), dict):
+            data = tree["data"]
+            if not any(data.get(k) for k in ("feat_dir", "train", "test")) and data.get("source", "features") == "features":
+                tree = {**tree, "data": {**data, "feat_dir": tree["feat_dir"]}}
+        return tree
 
     @property
     def baseline_losses(self) -> list[str]:

@@ -8,7 +8,8 @@ from pathlib import Path
 FORMAT = "%(asctime)s %(levelname)-5s %(message)s"
 
 
-def setup_logging(log_file: Path | None = None, verbose: bool = False) -> None:
+def setup_logging(log_file: Path | None = None, verbose: bool = False) -> logging.Handler | None:
+    """Log to stderr and, if given, to log_file; returns the file handler (close it when done)."""
     root = logging.getLogger("dlsa_prod")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for h in list(root.handlers):
@@ -22,3 +23,10 @@ def setup_logging(log_file: Path | None = None, verbose: bool = False) -> None:
         fh.setFormatter(logging.Formatter(FORMAT))
         root.addHandler(fh)
     root.propagate = False
+    return fh if log_file is not None else None
+
+
+def close_handler(handler: logging.Handler | None) -> None:
+    if handler is not None:
+        logging.getLogger("dlsa_prod").removeHandler(handler)
+        handler.close()

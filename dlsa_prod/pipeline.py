@@ -17,7 +17,7 @@ from .config import RunConfig, config_to_yaml
 from .data import load_splits
 from .device import resolve_device
 from .evaluation import evaluate
-from .logs import setup_logging
+from .logs import close_handler, setup_logging
 from .metrics import format_table
 from .run_dir import StagingDir, save_run
 from .training import train_baseline, train_dlsa
@@ -39,12 +39,14 @@ def results_table(metrics: dict, split: str) -> str:
 
 def run_training(cfg: RunConfig, out: Path, force: bool = False) -> dict:
     staging = StagingDir(out, force)
-    setup_logging(staging.path / "train.log")
+    handler = setup_logging(staging.path / "train.log")
     try:
         with logging_redirect_tqdm(loggers=[log]):
             metrics = _train(cfg, staging.path)
+        close_handler(handler)
         staging.commit()
     except BaseException:
+        close_handler(handler)
         staging.abort()
         raise
     log.info("run written to %s", out)

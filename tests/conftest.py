@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+
+from dlsa_prod.config import config_from_dict
+from dlsa_prod.data import FeatureSet
+
+
+def blobs(counts, dim=8, seed=0, spread=0.6):
+    """Gaussian class blobs with the given per-class counts."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(counts), dim)) * 2.0
+    x = np.concatenate([centres[c] + spread * rng.normal(size=(n, dim)) for c, n in enumerate(counts)])
+    y = np.concatenate([np.full(n, c) for c, n in enumerate(counts)])
+    return FeatureSet(x.astype(np.float32), y.astype(np.int64), "blobs")
+
+
+@pytest.fixture
+def tiny_files(tmp_path):
+    """Long-tailed train / balanced test .npz files with 6 classes, dim 8."""
+    from dlsa_prod.data import write_features
+
+    train = blobs([120, 80, 50, 30, 18, 10], seed=1)
+    test = blobs([20] * 6, seed=1)  # same centres (same seed), fresh noise would need another draw
+    rng = np.random.default_rng(7)
+    test.features = test.features + 0.3 * rng.normal(size=test.features.shape).astype(np.float32)
+    return write_features(tmp_path / "train.npz", train), write_features(tmp_path / "test.npz", test)
+
+
+def tiny_config_dict(train, test, **over):
+    tree = {
+        "seed": 0, "device": "cpu", "max_depth": 2, "baselines": ["BSM", "CE"],
+        "data": {"train": str(train), "test": str(test), "val_per_class": 3},
+        "gmflow": {"model": {"num_cluster": 12}, "data": {"batchsize": 64},
+                   "optim": {"lr": 0.05, "epoch": 4}},
+        "filter": {"llh_proportion": 0.3, "min_size": 2},
+        "cacls": {"eval_freq": 2, "data": {"batchsize": 32}, "optim": {"lr": 0.05, "epoch": 6, "momentum": 0.9}},
+        "regcls": {"eval_freq": 2, "model": {"inputs": "XZ"}, "data": {"batchsize": 32},
+                   "optim": {"lr": 0.05, "epoch": 6, "momentum": 0.9}},
+    }
+    for k, v in over.items():
+        tree[k] = v
+    return tree
+
+
+@pytest.fixture
+def tiny_config(tiny_files, tmp_path):
+    train, test = tiny_files
+    cfg = config_from_dict(tiny_config_dict(train, test))
+    cfg.output.dir = tmp_path / "run"
+    return cfg

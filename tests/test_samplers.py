@@ -1,0 +1,43 @@
+import numpy as np
+import torch
+
+from dlsa_prod.training.samplers import PairSampler, epoch_batches
+
+
+def test_pair_sampler_draws_classes_uniformly_with_distinct_negatives():
+    labels = np.repeat(np.arange(5), [500, 100, 20, 5, 1])
+    sampler = PairSampler(labels, 5, batch_size=4000, generator=torch.Generator().manual_seed(0))
+    pos, neg = sampler.sample_batch(50000)
+    yp, yn = labels[pos.numpy()], labels[neg.numpy()]
+    assert np.all(yp != yn)
+    for y in (yp, yn):
+        freq = np.bincount(y, minlength=5) / y.size
+        np.testing.assert_allclose(freq, 0.2, atol=0.01)
+    # within a class every sample is reachable
+    assert set(pos[yp == 1].tolist()) == set(np.flatnonzero(labels == 1).tolist())
+
+
+def test_pair_sampler_epoch_length_and_missing_classes():
+    labels = np.array([0, 0, 0, 2, 2, 2, 2])  # class 1 absent
+    sampler = PairSampler(labels, 3, batch_size=3, generator=torch.Generator().manual_seed(1))
+    batches = list(sampler)
+    assert len(batches) == 3 and sum(len(p) for p, _ in batches) == 7
+    for pos, neg in batches:
+        assert 1 not in labels[pos.numpy()] and 1 not in labels[neg.numpy()]
+
+
+def test_pair_sampler_single_class_has_no_negatives():
+    sampler = PairSampler(np.zeros(10, dtype=int), 2, 4, torch.Generator().manual_seed(0))
+    pos, neg = sampler.sample_batch(4)
+    assert neg is None and pos.shape == (4,)
+
+
+def test_class_balanced_epoch_batches():
+    labels = torch.tensor(np.repeat(np.arange(4), [1000, 100, 10, 2]))
+    batches = epoch_batches(labels, 4, 256, balanced=True, generator=torch.Generator().manual_seed(0))
+    idx = torch.cat(batches)
+    assert idx.numel() == labels.numel()
+    freq = np.bincount(labels[idx].numpy(), minlength=4) / idx.numel()
+    np.testing.assert_allclose(freq, 0.25, atol=0.03)
+    plain = torch.cat(epoch_batches(labels, 4, 256, balanced=False, generator=torch.Generator().manual_seed(0)))
+    assert sorted(plain.tolist()) == list(range(labels.numel()))
