@@ -20,6 +20,7 @@ class FlowGMM(nn.Module):
         self.flow = MAF(dim, hidden_size or dim, n_blocks, n_hidden, input_order, batch_norm, log_scale_clamp, generator)
         # fixed buffer, never trained (as in the paper)
         self.register_buffer("means", torch.randn(num_cluster, dim, generator=generator) * center_std)
+        self.gmm_backend = "auto"  # see dlsa_prod.ops.gmm_loglik
 
     @classmethod
     def from_config(cls, dim: int, cfg: FlowModelConfig, generator: torch.Generator | None = None) -> "FlowGMM":
@@ -33,4 +34,4 @@ class FlowGMM(nn.Module):
     def forward(self, x: torch.Tensor, cluster_mask: Optional[torch.Tensor] = None,
                 return_log_probs: bool = False) -> GMMOutput:
         u, log_det = self.flow(x)
-        return gmm_loglik(u, self.means, log_det, cluster_mask, return_log_probs)
+        return gmm_loglik(u, self.means, log_det, cluster_mask, return_log_probs, backend=self.gmm_backend)

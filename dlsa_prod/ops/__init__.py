@@ -28,12 +28,16 @@ def gmm_loglik(u: torch.Tensor, means: torch.Tensor, log_det: Optional[torch.Ten
                backend: str = "auto") -> GMMOutput:
     """Per-sample GMM log-likelihood (B,), argmax cluster (B,) and optionally log p_k (B, K).
 
-    ``backend``: "auto" (native op when built for u's device, else torch), "native", "torch".
-    Centres are fixed buffers: no gradient flows to ``means``.
+    ``backend``: "auto" (native op when built for u's device, else torch), "native", "torch",
+    or "broadcast" (the research code's (B, K, D) form; reference and benchmarks only).
+    The native op treats centres as fixed buffers; when ``means`` requires grad, the torch
+    path is used so that their gradient is computed too.
     """
-    if backend not in ("auto", "native", "torch"):
-        raise ValueError(f"backend must be auto, native or torch, got {backend!r}")
-    if backend != "torch" and not torch.jit.is_scripting() and not torch.onnx.is_in_onnx_export():
+    if backend not in ("auto", "native", "torch", "broadcast"):
+        raise ValueError(f"backend must be auto, native, torch or broadcast, got {backend!r}")
+    if backend == "broadcast":
+        return gmm_loglik_broadcast(u, means, log_det, cluster_mask, return_log_probs)
+    if backend in ("auto", "native") and not means.requires_grad and not torch.onnx.is_in_onnx_export():
         from . import native
 
         if native.available(u.device):

@@ -1,0 +1,29 @@
+// Op schemas of the dlsa_prod namespace (one place), and the Python module stub.
+// CPU kernels: cpu/gmm_loglik_cpu.cpp; CUDA kernels: cuda/gmm_loglik_cuda.cu.
+#include <torch/library.h>
+
+#ifdef DLSA_PROD_PYTHON_MODULE
+#include <Python.h>
+extern "C" {
+// Importing dlsa_prod._C loads this library, whose static initialisers register the ops.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+#endif
+
+TORCH_LIBRARY(dlsa_prod, m) {
+  // Per-sample GMM log-likelihood (B), argmax cluster (B, int64) and, when return_log_probs,
+  // the per-component log-densities (B, K) (else an empty (0, K) tensor).  means are fixed
+  // (no gradient).  mask: optional bool (K) of active centres.  log_det: optional (B) added
+  // to every component.
+  m.def("gmm_loglik_fwd(Tensor u, Tensor means, Tensor? log_det, Tensor? mask, bool return_log_probs)"
+        " -> (Tensor loglik, Tensor cluster, Tensor log_probs)");
+  // Gradient w.r.t. u and log_det for upstream gradients on loglik and (optionally) log_probs.
+  // log_probs: the forward's (B, K) output when it was materialised (saves a GEMM), else None.
+  m.def("gmm_loglik_bwd(Tensor grad_loglik, Tensor? grad_log_probs, Tensor u, Tensor means, Tensor loglik,"
+        " Tensor? log_det, Tensor? mask, Tensor? log_probs) -> (Tensor grad_u, Tensor grad_log_det)");
+  // Stable split of a batch by threshold: indices with loglik >= threshold, and the rest.
+  m.def("filter_split(Tensor loglik, float threshold) -> (Tensor exit_idx, Tensor continue_idx)");
+}

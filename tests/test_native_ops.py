@@ -1,0 +1,225 @@
+"""The dlsa_prod custom ops: opcheck, float64 gradcheck, float64 broadcast reference, edge cases,
+bad input, TF32 independence.  CUDA cases run when a GPU is present and skip otherwise."""
+
+import random
+
+import pytest
+import torch
+
+from dlsa_prod.ops import gmm_loglik, gmm_loglik_broadcast, native
+
+pytestmark = pytest.mark.skipif(not native.available("cpu"), reason="dlsa_prod._C not built")
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and native.available("cuda") else [])
+CUDA_FWD = ["tiled", "gemm"] if "cuda" in DEVICES else ["default"]  # the two CUDA forward kernels
+ops = torch.ops.dlsa_prod if native.available("cpu") else None
+
+
+def _inputs(b, k, d, device, dtype=torch.float32, seed=None):
+    """Fresh random inputs per call (seed drawn at random unless given); never zeros."""
+    g = torch.Generator().manual_seed(random.randrange(2**31) if seed is None else seed)
+    u = torch.randn(b, d, generator=g, dtype=torch.float64)
+    means = torch.randn(k, d, generator=g, dtype=torch.float64) * 0.5 + 0.1 * u[:1].mean()
+    log_det = torch.randn(b, generator=g, dtype=torch.float64) * 3
+    return u.to(device, dtype), means.to(device, dtype), log_det.to(device, dtype)
+
+
+def _check_against_reference(out, u, means, log_det, mask=None):
+    ref = gmm_loglik_broadcast(u.double().cpu(), means.double().cpu(),
+                               None if log_det is None else log_det.double().cpu(),
+                               None if mask is None else mask.cpu(), return_log_probs=True)
+    scale = ref.log_probs[torch.isfinite(ref.log_probs)].abs().max().item() + 1.0
+    tol = 64 * torch.finfo(u.dtype).eps * scale  # fp32 rounding of O(|u|^2) terms
+    torch.testing.assert_close(out.loglik.double().cpu(), ref.loglik, rtol=0, atol=tol)
+    if out.log_probs is not None:
+        lp, rp = out.log_probs.double().cpu(), ref.log_probs
+        assert torch.equal(torch.isinf(lp), torch.isinf(rp))
+        fin = torch.isfinite(rp)
+        torch.testing.assert_close(lp[fin], rp[fin], rtol=0, atol=tol)
+    top2 = ref.log_probs.topk(min(2, ref.log_probs.shape[1]), dim=1).values
+    clear = (top2[:, 0] - top2[:, -1]) > 10 * tol if top2.shape[1] > 1 else torch.ones(len(top2), dtype=torch.bool)
+    assert torch.equal(out.cluster.cpu()[clear], ref.cluster[clear])
+
+
+@pytest.fixture(params=CUDA_FWD)
+def cuda_fwd(request, monkeypatch):
+    monkeypatch.setenv("DLSA_PROD_CUDA_FWD", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("b,k,d", [(1, 1, 3), (1, 7, 5), (9, 1, 4), (37, 70, 33), (130, 129, 200), (64, 500, 256)])
+@pytest.mark.parametrize("with_log_det", [False, True])
+def test_forward_matches_float64_reference(device, b, k, d, with_log_det, cuda_fwd):
+    u, means, log_det = _inputs(b, k, d, device)
+    ld = log_det if with_log_det else None
+    for ret in (False, True):
+        out = gmm_loglik(u, means, ld, return_log_probs=ret, backend="native")
+        assert (out.log_probs is not None) == ret
+        _check_against_reference(out, u, means, ld)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_masked_centres(device, cuda_fwd):
+    u, means, log_det = _inputs(50, 80, 16, device)
+    mask = torch.rand(80, generator=torch.Generator().manual_seed(random.randrange(999))) < 0.3
+    mask[3] = True
+    mask = mask.to(device)
+    out = gmm_loglik(u, means, log_det, mask, return_log_probs=True, backend="native")
+    _check_against_reference(out, u, means, log_det, mask)
+    assert mask[out.cluster].all()
+
+
+def test_mask_with_no_active_centre_is_an_error():
+    u, means, _ = _inputs(3, 4, 5, "cpu")
+    with pytest.raises(RuntimeError, match="no active centre"):
+        ops.gmm_loglik_fwd(u, means, None, torch.zeros(4, dtype=torch.bool), False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_inputs(device, cuda_fwd):
+    u, means, log_det = _inputs(40, 30, 24, device)
+    u_nc = u.t().contiguous().t()  # same values, column-major
+    means_nc = torch.cat([means, means], dim=1)[:, ::2]  # strided view
+    ld_nc = torch.stack([log_det, log_det], 1)[:, 0]
+    assert not u_nc.is_contiguous() and not means_nc.is_contiguous() and not ld_nc.is_contiguous()
+    out = gmm_loglik(u_nc, means_nc, ld_nc, return_log_probs=True, backend="native")
+    _check_against_reference(out, u, means_nc.contiguous(), log_det)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_batch(device):
+    u, means, _ = _inputs(0, 5, 4, device)
+    out = gmm_loglik(u, means, return_log_probs=True, backend="native")
+    assert out.loglik.shape == (0,) and out.log_probs.shape == (0, 5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_gradcheck_float64(device, with_mask):
+    u, means, log_det = _inputs(6, 5, 4, device, torch.float64)
+    mask = torch.tensor([True, False, True, True, False], device=device) if with_mask else None
+    u.requires_grad_()
+    log_det.requires_grad_()
+
+    def through_loglik(u_, ld_):
+        return ops.gmm_loglik_fwd(u_, means, ld_, mask, False)[0]
+
+    def through_log_probs(u_, ld_):
+        ll, _, lp = ops.gmm_loglik_fwd(u_, means, ld_, mask, True)
+        lp = torch.where(torch.isinf(lp), torch.zeros_like(lp), lp)
+        w = torch.linspace(-1, 1, lp.shape[1], device=device, dtype=lp.dtype)
+        return ll * 0.3 + (torch.softmax(lp, 1) * w).sum(1) + (lp * w).sum(1) * 1e-2
+
+    assert torch.autograd.gradcheck(through_loglik, (u, log_det))
+    assert torch.autograd.gradcheck(through_log_probs, (u, log_det))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradient_matches_torch_path_in_float32(device):
+    u, means, log_det = _inputs(64, 100, 48, device)
+    grads = []
+    for backend in ("native", "torch"):
+        uu, ll = u.clone().requires_grad_(), log_det.clone().requires_grad_()
+        out = gmm_loglik(uu, means, ll, return_log_probs=True, backend=backend)
+        (out.loglik.sum() + 0.1 * torch.log_softmax(out.log_probs, 1)[:, :7].sum()).backward()
+        grads.append((uu.grad, ll.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kwargs", [dict(log_det=False, mask=False, ret=False), dict(log_det=True, mask=False, ret=True),
+                                    dict(log_det=True, mask=True, ret=True), dict(log_det=False, mask=True, ret=False)])
+def test_opcheck(device, kwargs):
+    u, means, log_det = _inputs(8, 6, 5, device)
+    u.requires_grad_()
+    mask = torch.tensor([True, True, False, True, False, True], device=device) if kwargs["mask"] else None
+    args = (u, means, log_det.requires_grad_() if kwargs["log_det"] else None, mask, kwargs["ret"])
+    torch.library.opcheck(ops.gmm_loglik_fwd.default, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_backward_and_filter(device):
+    u, means, log_det = _inputs(8, 6, 5, device)
+    ll, _, lp = ops.gmm_loglik_fwd(u, means, log_det, None, True)
+    g = torch.randn(8, device=device)
+    glp = torch.randn(8, 6, device=device)
+    torch.library.opcheck(ops.gmm_loglik_bwd.default, (g, glp, u, means, ll, log_det, None, lp))
+    torch.library.opcheck(ops.gmm_loglik_bwd.default, (g, None, u, means, ll, None, None, None))
+    torch.library.opcheck(ops.filter_split.default, (ll, float(ll.median())))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_filter_split_stable_and_complete(device):
+    ll = torch.randn(1000, device=device)
+    ll[::7] = 0.25
+    ll[5] = float("nan")
+    out, rest = ops.filter_split(ll, 0.25)
+    ref = ll >= 0.25
+    assert torch.equal(out.cpu(), torch.nonzero(ref).flatten().cpu())
+    assert torch.equal(rest.cpu(), torch.nonzero(~ref).flatten().cpu())  # NaN continues deeper
+    assert 5 in rest.tolist()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_inputs_give_clear_errors(device):
+    u, means, log_det = _inputs(4, 3, 5, device)
+    cases = [
+        ((u[0], means, None, None, False), "u must be 2-D"),
+        ((u, means[:, :4], None, None, False), "u has dim 5 but means have dim 4"),
+        ((u.half(), means.half(), None, None, False), "float32 or float64"),
+        ((u, means.double(), None, None, False), "means dtype"),
+        ((u, means, log_det[:2], None, False), "log_det must have shape"),
+        ((u, means, None, torch.ones(3, device=device), False), "mask must be bool"),
+        ((u, means, None, torch.ones(2, dtype=torch.bool, device=device), False), "mask must have shape"),
+        ((u.int(), means, None, None, False), "float32 or float64"),
+    ]
+    if device == "cuda":
+        cases.append(((u, means.cpu(), None, None, False), "means on cpu but u on cuda"))
+    else:
+        cases.append(((u, means[:0], None, None, False), "at least one centre"))
+    for args, msg in cases:
+        with pytest.raises(RuntimeError, match=msg):
+            ops.gmm_loglik_fwd(*args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tf32_enabled_globally_does_not_change_results(device, cuda_fwd):
+    u, means, log_det = _inputs(128, 300, 512, device)
+    base = gmm_loglik(u, means, log_det, return_log_probs=True, backend="native")
+    knob = torch.backends.cuda.matmul
+    saved = knob.fp32_precision
+    try:
+        knob.fp32_precision = "tf32"
+        again = gmm_loglik(u, means, log_det, return_log_probs=True, backend="native")
+        uu = u.clone().requires_grad_()
+        gmm_loglik(uu, means, log_det, backend="native").loglik.sum().backward()
+        g_tf32 = uu.grad
+    finally:
+        knob.fp32_precision = saved
+    torch.testing.assert_close(again.loglik, base.loglik, rtol=0, atol=0)
+    torch.testing.assert_close(again.log_probs, base.log_probs, rtol=0, atol=0)
+    uu = u.clone().requires_grad_()
+    gmm_loglik(uu, means, log_det, backend="native").loglik.sum().backward()
+    torch.testing.assert_close(g_tf32, uu.grad, rtol=0, atol=0)
+
+
+def test_torch_compile_sees_the_op():
+    u, means, log_det = _inputs(16, 10, 8, "cpu")
+
+    def f(u_, m_, ld_):
+        return ops.gmm_loglik_fwd(u_, m_, ld_, None, False)[0]
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(u, means, log_det), f(u, means, log_det))
+
+
+def test_gmm_loglik_uses_native_op_by_default():
+    u, means, _ = _inputs(4, 3, 5, "cpu")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        gmm_loglik(u, means)
+    assert any("dlsa_prod::gmm_loglik_fwd" in e.name for e in prof.events())
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        gmm_loglik(u, means.requires_grad_())  # trainable centres: the torch path handles their gradient
+    assert not any("dlsa_prod::gmm_loglik_fwd" in e.name for e in prof.events())
