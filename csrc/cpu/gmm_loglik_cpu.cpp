@@ -1,8 +1,9 @@
 // CPU kernels of the dlsa_prod GMM ops.
 //
-// Forward: the dot products u.mu_k come from one BLAS GEMM (at::mm, B x K); a single fused
-// pass per row then adds the norms and log-det, and keeps a running max, sum-exp and argmax
-// (online logsumexp), writing log p_k in place only when asked.  Extra memory: O(B*K).
+// Forward: the dot products u.mu_k come from one BLAS GEMM (at::mm, B x K); then, per row
+// while it sits in L1, one vectorised pass adds the norms and log-det and takes the max, a
+// scan finds the first argmax and a vectorised pass sums exp (logsumexp).  The B x K buffer
+// becomes the log_probs output when asked.  Extra memory: O(B*K).
 // Backward: G_bk = g_b softmax_k + grad_log_probs_bk (one pass), then grad_u = G mu - u rowsum(G).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -13,19 +14,34 @@
 #include <tuple>
 
 #include "../gmm_common.h"
+#include "vector_exp.h"
+
+// GCC builds an AVX2/FMA clone of the hot row loops and picks it at load time where supported.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define DLSA_HOT __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define DLSA_HOT
+#endif
 
 namespace dlsa_prod {
 namespace {
 
+// |x|^2 with 8 independent partial sums, so the compiler can vectorise the reduction.
+template <typename T>
+DLSA_HOT T sq_norm(const T* p, int64_t n) {
+  T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) acc[l] += p[i + l] * p[i + l];
+  T s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i < n; ++i) s += p[i] * p[i];
+  return s;
+}
+
 template <typename T>
 void row_sq_norms(const T* x, int64_t rows, int64_t dim, T* out) {
   at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const T* p = x + r * dim;
-      T s = 0;
-      for (int64_t d = 0; d < dim; ++d) s += p[d] * p[d];
-      out[r] = s;
-    }
+    for (int64_t r = r0; r < r1; ++r) out[r] = sq_norm(x + r * dim, dim);
   });
 }
 
@@ -43,36 +59,82 @@ void add_norm_terms(T* lp, const T* un, const T* mn, const T* ld, const bool* ma
   });
 }
 
+// One row: log p_k in place and its max, the first argmax, then the sum of exp.  Reductions
+// keep 8 lanes of partial results so the compiler vectorises them (strict FP order forbids
+// vectorising a single accumulator); masked centres are -inf.
 template <typename T>
-void fused_forward(T* dot, const T* un, const T* mn, const T* ld, const bool* mask, T log_k, bool write, int64_t b,
-                   int64_t k, int64_t dim, T* loglik, int64_t* cluster) {
-  const T c = static_cast<T>(-0.5 * dim * kLog2Pi);
+DLSA_HOT void forward_row(T* __restrict__ row, const T* __restrict__ mn, const bool* __restrict__ mask, T base,
+                          int64_t k, T log_k, T* loglik, int64_t* cluster) {
   const T ninf = -std::numeric_limits<T>::infinity();
+  T mx[8] = {ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf};
+  const int64_t k8 = k - k % 8;
+  if (mask == nullptr) {
+    for (int64_t j = 0; j < k8; j += 8) {
+      for (int l = 0; l < 8; ++l) {
+        const T x = row[j + l] - T(0.5) * mn[j + l] + base;
+        row[j + l] = x;
+        mx[l] = x > mx[l] ? x : mx[l];
+      }
+    }
+  } else {
+    for (int64_t j = 0; j < k8; j += 8) {
+      for (int l = 0; l < 8; ++l) {
+        const T x = mask[j + l] ? row[j + l] - T(0.5) * mn[j + l] + base : ninf;
+        row[j + l] = x;
+        mx[l] = x > mx[l] ? x : mx[l];
+      }
+    }
+  }
+  for (int64_t j = k8; j < k; ++j) {
+    const T x = (mask == nullptr || mask[j]) ? row[j] - T(0.5) * mn[j] + base : ninf;
+    row[j] = x;
+    mx[0] = x > mx[0] ? x : mx[0];
+  }
+  T m = mx[0];
+  for (int l = 1; l < 8; ++l) m = mx[l] > m ? mx[l] : m;
+  int64_t arg = 0;
+  while (arg < k && row[arg] != m) ++arg;  // first maximum, as torch.argmax
+  T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t j = 0; j < k8; j += 8)
+    for (int l = 0; l < 8; ++l) acc[l] += vector_exp(row[j + l] - m);
+  for (int64_t j = k8; j < k; ++j) acc[0] += vector_exp(row[j] - m);
+  const T s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  *loglik = m + std::log(s) - log_k;
+  *cluster = arg;
+}
+
+template <typename T>
+void fused_forward(T* dot, const T* un, const T* mn, const T* ld, const bool* mask, T log_k, int64_t b, int64_t k,
+                   int64_t dim, T* loglik, int64_t* cluster) {
+  const T c = static_cast<T>(-0.5 * dim * kLog2Pi);
   at::parallel_for(0, b, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      T* row = dot + r * k;
-      const T base = c - T(0.5) * un[r] + (ld ? ld[r] : T(0));
-      T m = ninf, s = 0;
-      int64_t arg = 0;
-      for (int64_t j = 0; j < k; ++j) {
-        if (mask && !mask[j]) {
-          if (write) row[j] = ninf;
-          continue;
-        }
-        const T x = row[j] - T(0.5) * mn[j] + base;
-        if (write) row[j] = x;
-        if (x > m) {
-          s = s * std::exp(m - x) + T(1);
-          m = x;
-          arg = j;
-        } else {
-          s += std::exp(x - m);
-        }
-      }
-      loglik[r] = m + std::log(s) - log_k;
-      cluster[r] = arg;
+      forward_row<T>(dot + r * k, mn, mask, c - T(0.5) * un[r] + (ld ? ld[r] : T(0)), k, log_k, loglik + r,
+                     cluster + r);
     }
   });
+}
+
+// G_j = g exp(L_j - lse) + glp_j (0 where masked), in place; returns sum_j G_j (8 lanes).
+template <typename T>
+DLSA_HOT T backward_row(T* __restrict__ row, const T* __restrict__ glp, const bool* __restrict__ mask, T lse, T g,
+                        int64_t k) {
+  T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  const int64_t k8 = k - k % 8;
+  for (int64_t j = 0; j < k8; j += 8)
+    for (int l = 0; l < 8; ++l) {
+      const T v = g * vector_exp(row[j + l] - lse);
+      row[j + l] = v;
+    }
+  for (int64_t j = k8; j < k; ++j) row[j] = g * vector_exp(row[j] - lse);
+  if (glp != nullptr)
+    for (int64_t j = 0; j < k; ++j) row[j] += glp[j];
+  if (mask != nullptr)
+    for (int64_t j = 0; j < k; ++j) row[j] = mask[j] ? row[j] : T(0);
+  for (int64_t j = 0; j < k8; j += 8)
+    for (int l = 0; l < 8; ++l) acc[l] += row[j + l];
+  for (int64_t j = k8; j < k; ++j) acc[0] += row[j];
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
 int64_t active_count(const std::optional<at::Tensor>& mask, int64_t k) {
@@ -105,8 +167,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gmm_loglik_fwd_cpu(const at::Tens
     fused_forward<scalar_t>(dot.data_ptr<scalar_t>(), un.data_ptr<scalar_t>(), mn.data_ptr<scalar_t>(),
                             ld.defined() ? ld.data_ptr<scalar_t>() : nullptr,
                             mk.defined() ? mk.data_ptr<bool>() : nullptr,
-                            static_cast<scalar_t>(std::log(static_cast<double>(k_active))), return_log_probs, b, k,
-                            dim, loglik.data_ptr<scalar_t>(), cluster.data_ptr<int64_t>());
+                            static_cast<scalar_t>(std::log(static_cast<double>(k_active))), b, k, dim,
+                            loglik.data_ptr<scalar_t>(), cluster.data_ptr<int64_t>());
   });
   at::Tensor log_probs = return_log_probs ? dot : at::empty({0, k}, u.options());
   return {loglik, cluster, log_probs};
@@ -155,24 +217,12 @@ std::tuple<at::Tensor, at::Tensor> gmm_loglik_bwd_cpu(const at::Tensor& grad_log
     scalar_t* rs = rowsum.data_ptr<scalar_t>();
     at::parallel_for(0, b, 16, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        scalar_t* row = G + r * k;
-        const scalar_t lse = llv[r] + log_k, gr = glv[r];
-        scalar_t acc = 0;
-        for (int64_t j = 0; j < k; ++j) {
-          if (mp && !mp[j]) {
-            row[j] = 0;
-            continue;
-          }
-          const scalar_t v = gr * std::exp(row[j] - lse) + (glpv ? glpv[r * k + j] : scalar_t(0));
-          row[j] = v;
-          acc += v;
-        }
-        rs[r] = acc;
+        rs[r] = backward_row<scalar_t>(G + r * k, glpv ? glpv + r * k : nullptr, mp, llv[r] + log_k, glv[r], k);
       }
     });
   });
   auto grad_u = at::mm(g, means);
-  grad_u.sub_(u * rowsum.unsqueeze(1));
+  grad_u.addcmul_(u, rowsum.unsqueeze(1), -1);
   return {grad_u, rowsum};
 }
 

@@ -80,7 +80,11 @@ def _register() -> None:
 
 
 def gmm_loglik_native(u, means, log_det=None, cluster_mask=None, return_log_probs=False) -> GMMOutput:
-    loglik, cluster, log_probs = torch.ops.dlsa_prod.gmm_loglik_fwd(u, means, log_det, cluster_mask, return_log_probs)
+    # When a gradient will be needed, materialise log_probs anyway (the kernels form them at
+    # no extra cost): autograd saves them and the backward skips recomputing the GEMM.
+    needs_grad = torch.is_grad_enabled() and (u.requires_grad or (log_det is not None and log_det.requires_grad))
+    loglik, cluster, log_probs = torch.ops.dlsa_prod.gmm_loglik_fwd(u, means, log_det, cluster_mask,
+                                                                    return_log_probs or needs_grad)
     return GMMOutput(loglik, cluster, log_probs if return_log_probs else None)
 
 
