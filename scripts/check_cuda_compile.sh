@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Compile-only check of the CUDA kernels with the local nvcc (no GPU needed): builds the .cu
+# and the CPU/schema sources into object files against the installed torch headers.
+# Usage: bash scripts/check_cuda_compile.sh [ARCH]   (default ARCH: 90, the H100/H200)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ARCH="${1:-90}"
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+NVCC="$CUDA_HOME/bin/nvcc"
+if [ ! -x "$NVCC" ]; then
+  echo "check_cuda_compile: no nvcc at $NVCC (set CUDA_HOME); skipped"
+  exit 0
+fi
+read -r TORCH_DIR CXX11_ABI SITE <<<"$(python3 -c 'import os, site, torch; print(os.path.dirname(torch.__file__), int(torch._C._GLIBCXX_USE_CXX11_ABI), site.getsitepackages()[0])')"
+INC=(-I"$TORCH_DIR/include" -I"$TORCH_DIR/include/torch/csrc/api/include" -Icsrc)
+# torch's CUDA headers include cuBLAS/cuSPARSE headers that pip's CUDA wheels ship
+[ -d "$SITE/nvidia/cu13/include" ] && INC+=(-I"$SITE/nvidia/cu13/include")
+OUT="$(mktemp -d)"
+trap 'rm -rf "$OUT"' EXIT
+STD="-std=c++20"
+"$NVCC" --version | tail -1
+time "$NVCC" -c csrc/cuda/gmm_loglik_cuda.cu -o "$OUT/gmm_loglik_cuda.o" "${INC[@]}" $STD -O3 \
+  --expt-relaxed-constexpr -D_GLIBCXX_USE_CXX11_ABI="$CXX11_ABI" -DDLSA_PROD_WITH_CUDA \
+  -gencode arch=compute_"$ARCH",code=sm_"$ARCH" -Xcompiler -fPIC
+cuobjdump --list-elf "$OUT/gmm_loglik_cuda.o" 2>/dev/null || true
+echo "check_cuda_compile: csrc/cuda compiled for sm_$ARCH"
