@@ -42,7 +42,7 @@ def make_step(model0: FlowGMM, backend: str, x_pos, y_pos, x_neg, weights, cfg: 
         opt.zero_grad(set_to_none=True)
         losses.total.backward()
         opt.step()
-        last["losses"] = {k: float(getattr(losses, k)) for k in ("total", "likelihood", "purity", "balance")}
+        last["losses"] = {k: float(getattr(losses, k).detach()) for k in ("total", "likelihood", "purity", "balance")}
 
     return step, last
 

@@ -13,6 +13,9 @@
 #include <optional>
 
 namespace dlsa_prod {
+// Internal linkage: the CPU (g++) and CUDA (nvcc) translation units each keep their own copy,
+// so no single inline definition is shared between objects built with different flags.
+namespace {
 
 constexpr double kLog2Pi = 1.8378770664093454835606594728112;
 
@@ -70,4 +73,5 @@ inline void check_bwd_inputs(const at::Tensor& grad_loglik, const std::optional<
 // true when an optional (B, K) tensor is present and non-empty
 inline bool present(const std::optional<at::Tensor>& t) { return t.has_value() && t->numel() > 0; }
 
+}  // namespace
 }  // namespace dlsa_prod

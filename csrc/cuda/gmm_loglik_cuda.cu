@@ -1,6 +1,7 @@
 // CUDA kernels of the dlsa_prod GMM ops (fp32 / fp64 arithmetic, never TF32).
 //
-// Forward, two implementations (DLSA_PROD_CUDA_FWD=tiled|gemm, default tiled):
+// Forward, two implementations (DLSA_PROD_CUDA_FWD=gemm|tiled, default gemm, the faster one
+// measured on an H100; see README):
 //  * tiled: one kernel computes 64x64 tiles of u.mu over D in registers (SIMT FMA, exact
 //    fp32) and fuses the epilogue: norms, log-det, optional log_probs write, and per-row
 //    partial (max, sum-exp, argmax) over the tile's centres; a small kernel merges the
@@ -78,23 +79,27 @@ __device__ __forceinline__ T log_k_of(const int64_t* n_active, int64_t k) {
   return log(static_cast<T>(n_active ? *n_active : k));
 }
 
+// Squared row norms of u (rows 0..B-1) and of the centres (rows B..B+K-1) in one launch,
+// one warp per row.
 template <typename T>
-__global__ void sq_norms_kernel(const T* __restrict__ x, int64_t rows, int64_t dim, T* __restrict__ out) {
+__global__ void sq_norms_kernel(const T* __restrict__ u, int64_t b, const T* __restrict__ mu, int64_t k, int64_t dim,
+                                T* __restrict__ un, T* __restrict__ mn) {
   const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
-  if (warp >= rows) return;
-  const T* p = x + warp * dim;
+  if (warp >= b + k) return;
+  const T* p = warp < b ? u + warp * dim : mu + (warp - b) * dim;
   T s = 0;
   for (int64_t d = lane; d < dim; d += 32) s += p[d] * p[d];
   for (int off = 16; off > 0; off /= 2) s += __shfl_xor_sync(0xffffffffu, s, off);
-  if (lane == 0) out[warp] = s;
+  if (lane == 0) (warp < b ? un[warp] : mn[warp - b]) = s;
 }
 
 template <typename T>
-void sq_norms(const at::Tensor& x, at::Tensor& out, cudaStream_t stream) {
-  const int64_t rows = x.size(0);
+void sq_norms(const at::Tensor& u, const at::Tensor& mu, at::Tensor& un, at::Tensor& mn, cudaStream_t stream) {
+  const int64_t rows = u.size(0) + mu.size(0);
   const int64_t blocks = (rows * 32 + kThreads - 1) / kThreads;
-  sq_norms_kernel<T><<<blocks, kThreads, 0, stream>>>(x.data_ptr<T>(), rows, x.size(1), out.data_ptr<T>());
+  sq_norms_kernel<T><<<blocks, kThreads, 0, stream>>>(u.data_ptr<T>(), u.size(0), mu.data_ptr<T>(), mu.size(0),
+                                                      u.size(1), un.data_ptr<T>(), mn.data_ptr<T>());
 }
 
 // ---------------------------------------------------------------------------- tiled forward
@@ -217,10 +222,11 @@ __global__ void fwd_rows_kernel(T* __restrict__ dot, const T* __restrict__ un, c
   }
 }
 
-// G_bk = g_b exp(L_bk - loglik_b - log K_active) + grad_log_probs_bk (0 where masked), in place;
-// rowsum_b = sum_k G_bk.  `from_dot`: the buffer holds u.mu and L is formed here.
+// G_bk = g_b exp(L_bk - loglik_b - log K_active) + grad_log_probs_bk (0 where masked), read from
+// src and written to buf (may alias); rowsum_b = sum_k G_bk.  `from_dot`: src holds u.mu and L
+// is formed here, else src holds the forward's log_probs.
 template <typename T>
-__global__ void bwd_rows_kernel(T* __restrict__ buf, bool from_dot, const T* __restrict__ un,
+__global__ void bwd_rows_kernel(const T* src, T* buf, bool from_dot, const T* __restrict__ un,
                                 const T* __restrict__ mn, const T* __restrict__ ld, const bool* __restrict__ mask,
                                 const T* __restrict__ grad_ll, const T* __restrict__ glp, const T* __restrict__ loglik,
                                 int64_t B, int64_t K, T c, const int64_t* __restrict__ n_active,
@@ -228,6 +234,7 @@ __global__ void bwd_rows_kernel(T* __restrict__ buf, bool from_dot, const T* __r
   const int64_t r = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (r >= B) return;
+  const T* in = src + r * K;
   T* row = buf + r * K;
   const T base = from_dot ? c - T(0.5) * un[r] + (ld ? ld[r] : T(0)) : T(0);
   const T lse = loglik[r] + log_k_of<T>(n_active, K);
@@ -236,7 +243,7 @@ __global__ void bwd_rows_kernel(T* __restrict__ buf, bool from_dot, const T* __r
   for (int64_t j = lane; j < K; j += 32) {
     T v = 0;
     if (mask == nullptr || mask[j]) {
-      const T l = from_dot ? row[j] - T(0.5) * mn[j] + base : row[j];
+      const T l = from_dot ? in[j] - T(0.5) * mn[j] + base : in[j];
       v = g * exp(l - lse) + (glp ? glp[r * K + j] : T(0));
     }
     row[j] = v;
@@ -250,7 +257,7 @@ inline int64_t warp_blocks(int64_t rows) { return (rows * 32 + kThreads - 1) / k
 
 bool use_tiled_forward() {
   const char* v = std::getenv("DLSA_PROD_CUDA_FWD");
-  return v == nullptr || std::strcmp(v, "gemm") != 0;
+  return v != nullptr && std::strcmp(v, "tiled") == 0;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gmm_loglik_fwd_cuda(const at::Tensor& u_, const at::Tensor& means_,
@@ -280,8 +287,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gmm_loglik_fwd_cuda(const at::Ten
     dot = return_log_probs ? at::mm_out(log_probs, u, means.t()) : at::mm(u, means.t());
   }
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "gmm_loglik_fwd_cuda", [&] {
-    sq_norms<scalar_t>(u, un, stream);
-    sq_norms<scalar_t>(means, mn, stream);
+    sq_norms<scalar_t>(u, means, un, mn, stream);
     const scalar_t c = static_cast<scalar_t>(-0.5 * dim * kLog2Pi);
     const scalar_t* ldp = ld.defined() ? ld.data_ptr<scalar_t>() : nullptr;
     const bool* mp = mk.defined() ? mk.data_ptr<bool>() : nullptr;
@@ -331,18 +337,16 @@ std::tuple<at::Tensor, at::Tensor> gmm_loglik_bwd_cuda(const at::Tensor& grad_lo
   const auto glp = present(grad_log_probs) ? grad_log_probs->contiguous() : at::Tensor();
   const auto n_active = mk.defined() ? mk.sum(at::kLong) : at::Tensor();
   const bool from_dot = !present(log_probs);
-  at::Tensor g = from_dot ? at::mm(u, means.t()) : log_probs->clone(at::MemoryFormat::Contiguous);
+  at::Tensor src = from_dot ? at::mm(u, means.t()) : log_probs->contiguous();
+  at::Tensor g = from_dot ? src : at::empty_like(src);
   auto rowsum = at::empty({b}, u.options());
   if (b == 0) return {at::zeros_like(u), rowsum};
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "gmm_loglik_bwd_cuda", [&] {
     auto un = at::empty({b}, u.options());
     auto mn = at::empty({k}, u.options());
-    if (from_dot) {
-      sq_norms<scalar_t>(u, un, stream);
-      sq_norms<scalar_t>(means, mn, stream);
-    }
+    if (from_dot) sq_norms<scalar_t>(u, means, un, mn, stream);
     bwd_rows_kernel<scalar_t><<<warp_blocks(b), kThreads, 0, stream>>>(
-        g.data_ptr<scalar_t>(), from_dot, un.data_ptr<scalar_t>(), mn.data_ptr<scalar_t>(),
+        src.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), from_dot, un.data_ptr<scalar_t>(), mn.data_ptr<scalar_t>(),
         ld.defined() ? ld.data_ptr<scalar_t>() : nullptr, mk.defined() ? mk.data_ptr<bool>() : nullptr,
         gl.data_ptr<scalar_t>(), glp.defined() ? glp.data_ptr<scalar_t>() : nullptr, ll.data_ptr<scalar_t>(), b, k,
         static_cast<scalar_t>(-0.5 * dim * kLog2Pi), n_active.defined() ? n_active.data_ptr<int64_t>() : nullptr,

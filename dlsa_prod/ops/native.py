@@ -25,12 +25,19 @@ def _load() -> bool:
     return _state["loaded"]
 
 
+_KERNELS: dict[str, bool] = {}
+
+
 def available(device: str | torch.device = "cpu") -> bool:
-    """Whether the native ops have a kernel for this device type."""
-    if not _load():
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(torch.device(device).type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("dlsa_prod::gmm_loglik_fwd", key)
+    """Whether the native ops have a kernel for this device type (cached: it is asked per call)."""
+    dev = device.type if isinstance(device, torch.device) else torch.device(device).type
+    found = _KERNELS.get(dev)
+    if found is None:
+        key = {"cpu": "CPU", "cuda": "CUDA"}.get(dev)
+        found = _load() and key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
+            "dlsa_prod::gmm_loglik_fwd", key)
+        _KERNELS[dev] = found
+    return found
 
 
 def build_info() -> str:
