@@ -40,7 +40,7 @@ def _extensions():
     cxx = ["-O3", "-fopenmp", "-DDLSA_PROD_PYTHON_MODULE"]
     kwargs = dict(extra_link_args=["-fopenmp"])
     if with_cuda:
-        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")) + glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         # pip's CUDA wheels ship the cuBLAS/cuSPARSE headers that torch's CUDA headers include
         for sp in site.getsitepackages() + [site.getusersitepackages()]:
             inc = os.path.join(sp, "nvidia", "cu13", "include")

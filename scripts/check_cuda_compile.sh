@@ -19,8 +19,15 @@ OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
 STD="-std=c++20"
 "$NVCC" --version | tail -1
-time "$NVCC" -c csrc/cuda/gmm_loglik_cuda.cu -o "$OUT/gmm_loglik_cuda.o" "${INC[@]}" $STD -O3 \
-  --expt-relaxed-constexpr -D_GLIBCXX_USE_CXX11_ABI="$CXX11_ABI" -DDLSA_PROD_WITH_CUDA \
-  -gencode arch=compute_"$ARCH",code=sm_"$ARCH" -Xcompiler -fPIC
-cuobjdump --list-elf "$OUT/gmm_loglik_cuda.o" 2>/dev/null || true
+for cu in csrc/cuda/*.cu; do
+  "$NVCC" -c "$cu" -o "$OUT/$(basename "$cu").o" "${INC[@]}" $STD -O3 --expt-relaxed-constexpr \
+    -D_GLIBCXX_USE_CXX11_ABI="$CXX11_ABI" -gencode arch=compute_"$ARCH",code=sm_"$ARCH" -Xcompiler -fPIC
+  echo "nvcc: $cu ok"
+done
+# host-side CUDA sources: the host compiler with the toolkit's headers
+for cpp in csrc/cuda/*.cpp; do
+  c++ -c "$cpp" -o "$OUT/$(basename "$cpp").o" "${INC[@]}" -I"$CUDA_HOME/include" $STD -O2 -fPIC \
+    -D_GLIBCXX_USE_CXX11_ABI="$CXX11_ABI" -DUSE_CUDA
+  echo "c++: $cpp ok"
+done
 echo "check_cuda_compile: csrc/cuda compiled for sm_$ARCH"

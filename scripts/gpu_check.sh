@@ -14,9 +14,14 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)" | tee -a "$OUT/gpu.txt"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS=16
+# the extension must link libstdc++ dynamically, like torch: a toolchain that links it statically
+# (seen: CXX=/opt/gcc/bin/g++ on the device image) gives an .so whose iostreams crash on first use
+[ -x /usr/bin/g++ ] && export CXX=/usr/bin/g++ CC=/usr/bin/gcc
+rm -rf build dlsa_prod/_C*.so
 t0=$(date +%s)
 DLSA_PROD_FORCE_CUDA=1 python3 setup.py -q build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/gpu.txt"
+ldd dlsa_prod/_C*.so | grep -q libstdc++ || echo "WARNING: dlsa_prod/_C links libstdc++ statically" | tee -a "$OUT/gpu.txt"
 python3 -c "from dlsa_prod.ops import native; print('native ops:', native.build_info())" | tee -a "$OUT/gpu.txt"
 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_native_ops.py tests/test_gmm_torch.py \
   tests/test_flow_step_backends.py 2>&1 | tee "$OUT/cuda_tests.log" | tail -15
