@@ -1,6 +1,7 @@
 """A flow training step gives the same losses and gradients with every GMM form."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -32,7 +33,10 @@ def test_flow_step_matches_broadcast(backend):
         results[b] = (losses, [p.grad.clone() for p in model.parameters()])
     ref, out = results["broadcast"], results[backend]
     for k in ("total", "likelihood", "purity", "balance"):
-        a, r = float(getattr(out[0], k)), float(getattr(ref[0], k))
-        assert abs(a - r) <= 1e-4 * max(abs(r), 1e-6), (k, a, r)
+        a, r = float(getattr(out[0], k).detach()), float(getattr(ref[0], k).detach())
+        # the balance loss is a KL near 0 formed as sum p log p + log K: its fp32 rounding is
+        # relative to log K, not to its own (tiny) value
+        scale = max(abs(r), math.log(60)) if k == "balance" else abs(r)
+        assert abs(a - r) <= 1e-4 * scale, (k, a, r)
     for ga, gr in zip(out[1], ref[1]):
         torch.testing.assert_close(ga, gr, rtol=1e-3, atol=1e-5)

@@ -11,6 +11,11 @@
 //    The B x K matrix is written only when asked.
 // Backward: the forward's log_probs (or a GEMM) -> one fused row kernel forming G and its row
 // sums -> GEMM G mu -> grad_u = G mu - u rowsum(G).
+//
+// TF32: the cuBLAS products follow the caller's fp32 matmul precision.  dlsa_prod.ops (the
+// Python entry point, and the autograd backward it registers) runs them under IEEE fp32, so
+// a global TF32 setting never reaches them; the tiled forward never uses TF32 at all.  (The
+// C++ side does not flip torch's global flag: mixing its legacy and new TF32 APIs raises.)
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -29,17 +34,6 @@ namespace dlsa_prod {
 namespace {
 
 namespace ck = cuda_kernels;
-
-// cuBLAS must not use TF32 for these products, whatever the global setting.
-struct NoTF32Guard {
-  bool prev;
-  NoTF32Guard() : prev(at::globalContext().allowTF32CuBLAS()) {
-    if (prev) at::globalContext().setAllowTF32CuBLAS(false);
-  }
-  ~NoTF32Guard() {
-    if (prev) at::globalContext().setAllowTF32CuBLAS(true);
-  }
-};
 
 bool use_tiled_forward() {
   const char* v = std::getenv("DLSA_PROD_CUDA_FWD");
@@ -69,7 +63,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gmm_loglik_fwd_cuda(const at::Ten
   const bool tiled = use_tiled_forward();
   at::Tensor dot;
   if (!tiled) {
-    NoTF32Guard no_tf32;
     dot = return_log_probs ? at::mm_out(log_probs, u, means.t()) : at::mm(u, means.t());
   }
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "gmm_loglik_fwd_cuda", [&] {
@@ -110,7 +103,6 @@ std::tuple<at::Tensor, at::Tensor> gmm_loglik_bwd_cuda(const at::Tensor& grad_lo
   check_bwd_inputs(grad_loglik_, grad_log_probs, u_, means_, loglik_, log_probs);
   const c10::cuda::CUDAGuard guard(u_.device());
   auto stream = at::cuda::getCurrentCUDAStream();
-  NoTF32Guard no_tf32;
   const auto u = u_.contiguous();
   const auto means = means_.contiguous();
   const int64_t b = u.size(0), k = means.size(0), dim = u.size(1);

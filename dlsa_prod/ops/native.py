@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .gmm_torch import GMMOutput
+from .precision import ieee_fp32
 
 _state: dict = {"loaded": None, "error": ""}
 
@@ -79,8 +80,9 @@ def _register() -> None:
             grad_loglik = torch.zeros_like(loglik)
         if grad_log_probs is not None and grad_log_probs.numel() == 0:
             grad_log_probs = None
-        grad_u, grad_log_det = torch.ops.dlsa_prod.gmm_loglik_bwd(grad_loglik, grad_log_probs, u, means, loglik,
-                                                                  log_det, mask, log_probs)
+        with ieee_fp32():
+            grad_u, grad_log_det = torch.ops.dlsa_prod.gmm_loglik_bwd(grad_loglik, grad_log_probs, u, means, loglik,
+                                                                      log_det, mask, log_probs)
         return grad_u, None, (grad_log_det if ctx.has_log_det else None), None, None
 
     torch.library.register_autograd(lib + "gmm_loglik_fwd", backward, setup_context=setup_context)
@@ -90,8 +92,9 @@ def gmm_loglik_native(u, means, log_det=None, cluster_mask=None, return_log_prob
     # When a gradient will be needed, materialise log_probs anyway (the kernels form them at
     # no extra cost): autograd saves them and the backward skips recomputing the GEMM.
     needs_grad = torch.is_grad_enabled() and (u.requires_grad or (log_det is not None and log_det.requires_grad))
-    loglik, cluster, log_probs = torch.ops.dlsa_prod.gmm_loglik_fwd(u, means, log_det, cluster_mask,
-                                                                    return_log_probs or needs_grad)
+    with ieee_fp32():  # the CUDA GEMM path uses cuBLAS: never TF32 here
+        loglik, cluster, log_probs = torch.ops.dlsa_prod.gmm_loglik_fwd(u, means, log_det, cluster_mask,
+                                                                        return_log_probs or needs_grad)
     return GMMOutput(loglik, cluster, log_probs if return_log_probs else None)
 
 

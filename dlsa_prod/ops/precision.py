@@ -1,4 +1,8 @@
-"""Keep fp32 matrix products in full IEEE precision (no TF32 / bf16 shortcuts) inside a block."""
+"""Keep fp32 matrix products in full IEEE precision (no TF32 / bf16 shortcuts) inside a block.
+
+Cheap when nothing needs changing (the usual case): one read per knob.  A knob set to a
+reduced precision ("tf32", "bf16") is switched to "ieee" for the block and restored after.
+"""
 
 from __future__ import annotations
 
@@ -8,43 +12,43 @@ import threading
 import torch
 
 _lock = threading.RLock()
+_REDUCED = ("tf32", "bf16")
 
 
-def _precision_knobs():
-    knobs = []
-    for owner in (getattr(torch.backends.cuda, "matmul", None), getattr(torch.backends, "cudnn", None),
-                  getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)):
-        if owner is not None and hasattr(owner, "fp32_precision"):
-            knobs.append(owner)
-    return knobs
+def _knobs() -> list:
+    owners = [getattr(torch.backends.cuda, "matmul", None),
+              getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)]
+    return [k for k in owners if k is not None and hasattr(k, "fp32_precision")]
+
+
+_KNOBS = _knobs()
 
 
 @contextlib.contextmanager
 def ieee_fp32():
-    """Force IEEE fp32 for matmuls in this block, restoring the caller's settings afterwards."""
+    """Force IEEE fp32 matmuls in this block, restoring the caller's settings afterwards."""
+    changed = []
+    if _KNOBS:
+        for k in _KNOBS:
+            if k.fp32_precision in _REDUCED:
+                changed.append(k)
+    elif torch.backends.cuda.matmul.allow_tf32:  # older torch: the legacy flag only
+        changed.append(None)
+    if not changed:
+        yield
+        return
     with _lock:
-        knobs = _precision_knobs()
-        saved = []
-        for k in knobs:
-            try:
-                saved.append((k, k.fp32_precision))
-                if k.fp32_precision not in ("ieee", "none"):
-                    k.fp32_precision = "ieee"
-            except (RuntimeError, AttributeError):
-                pass
-        legacy = None
-        if not knobs:  # older torch: the allow_tf32 flags
-            legacy = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
+        saved = [(k, k.fp32_precision if k is not None else torch.backends.cuda.matmul.allow_tf32) for k in changed]
+        for k, _ in saved:
+            if k is None:
+                torch.backends.cuda.matmul.allow_tf32 = False
+            else:
+                k.fp32_precision = "ieee"
         try:
             yield
         finally:
             for k, v in saved:
-                try:
-                    if k.fp32_precision != v:
-                        k.fp32_precision = v
-                except (RuntimeError, AttributeError):
-                    pass
-            if legacy is not None:
-                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = legacy
+                if k is None:
+                    torch.backends.cuda.matmul.allow_tf32 = v
+                else:
+                    k.fp32_precision = v
