@@ -66,7 +66,7 @@ setup(
     packages=find_packages(include=["dlsa_prod", "dlsa_prod.*"]),
     python_requires=">=3.10",
     install_requires=["torch", "numpy", "onnx", "onnxruntime", "click", "h5py", "pyyaml", "pydantic>=2",
-                      "tqdm", "safetensors", "matplotlib", "scikit-learn"],
+                      "tqdm", "safetensors", "matplotlib", "scikit-learn", "jsonschema"],
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     entry_points={"console_scripts": ["dlsa-prod=dlsa_prod.cli:main"]},

@@ -81,6 +81,78 @@ def eval_cmd(run_dir, feature_file, device, json_out):
 
 
 @main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="bundle directory (default RUN_DIR/bundle)")
+@click.option("--layout", type=click.Choice(["fused", "staged", "both"]), default="both", show_default=True)
+@click.option("--features", type=click.Path(path_type=Path), help="parity-gate features (default: the run's val split)")
+@click.option("--trt", is_flag=True, help="also build TensorRT engines for the staged graphs (needs TensorRT + GPU)")
+@click.option("--trt-batches", default="1,64,256", show_default=True, help="batch sizes for the TensorRT profile")
+@click.option("--triton", "triton_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="also write a Triton model repository for the fused graph here")
+@click.option("--force", is_flag=True, help="replace an existing bundle")
+def export(run_dir, out, layout, features, trt, trt_batches, triton_dir, force):
+    """Export a trained run to an ONNX bundle (parity-gated); optionally TensorRT engines and Triton."""
+    from .export.bundle import export_bundle
+    from .logs import setup_logging
+
+    setup_logging()
+    out = out or Path(run_dir) / "bundle"
+    layouts = ("fused", "staged") if layout == "both" else (layout,)
+    if trt:  # fail before the (slow) export when TensorRT cannot run here
+        from .export.tensorrt_build import batch_profile, import_tensorrt
+
+        import_tensorrt()
+        profile = batch_profile([int(b) for b in trt_batches.split(",")])
+    manifest = export_bundle(run_dir, out, layouts, features, force)
+    if trt:
+        from .export.manifest import MANIFEST, sha256_file
+        from .export.tensorrt_build import build_engines
+
+        if "staged" not in manifest["layouts"]:
+            raise DLSAError("--trt builds engines for the staged graphs: export with --layout staged or both")
+        dims = {"x": manifest["input"]["dim"]}
+        entry = build_engines(out, manifest["layouts"]["staged"]["stages"], dims, profile, out / "timing.cache")
+        manifest["tensorrt"] = entry
+        for e in entry["engines"].values():
+            manifest["files"][e["file"]] = sha256_file(out / e["file"])
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if triton_dir:
+        from .export.triton import write_triton_repository
+
+        click.echo(f"Triton model repository: {write_triton_repository(out, triton_dir)}")
+    p = manifest["parity"]
+    click.echo(f"bundle: {out}  parity: " + ", ".join(
+        f"{lay} pred {p[lay]['pred_agreement']:.4f} exit {p[lay]['exit_agreement']:.4f} "
+        f"max logit rel err {p[lay]['max_logit_rel_err']:.1e}" for lay in layouts))
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--batch", "batches", default="1,8,64,256", show_default=True)
+@click.option("--provider", "providers", multiple=True, default=["cpu"], show_default=True,
+              help="cpu, cuda or tensorrt (repeatable)")
+@click.option("--layout", type=click.Choice(["fused", "staged", "both"]), default="both", show_default=True)
+@click.option("--warmup", default=1.0, show_default=True, help="seconds of warm-up per measurement")
+@click.option("--duration", default=3.0, show_default=True, help="seconds measured per batch size and method")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path),
+              help="run directory for the PyTorch eager baseline (default: the bundle's parent if it is a run)")
+@click.option("--threads", default=0, help="intra-op threads (0 = library default)")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path))
+def bench(bundle, batches, providers, layout, warmup, duration, run_dir, threads, json_out):
+    """Latency/throughput of a bundle on ONNX Runtime, next to PyTorch eager, on validation samples."""
+    from .bench import format_rows, run_bench
+
+    layouts = ["fused", "staged"] if layout == "both" else [layout]
+    if run_dir is None and (Path(bundle).parent / "meta.json").is_file():
+        run_dir = Path(bundle).parent
+    rows = run_bench(bundle, [int(b) for b in batches.split(",")], layouts, list(providers), warmup, duration,
+                     run_dir, threads)
+    click.echo(format_rows(rows))
+    if json_out:
+        Path(json_out).write_text(json.dumps(rows, indent=2))
+
+
+@main.command()
 def info():
     """Versions, devices and whether the native GMM ops are built."""
     import torch

@@ -1,0 +1,1 @@
+"""Deployment: ONNX bundles (fused / staged graphs), parity gate, TensorRT engines, Triton."""

@@ -1,0 +1,77 @@
+"""torch modules that the exporter turns into ONNX graphs.
+
+* ``FusedGraph``: every depth for the whole batch; each sample's exit classifier is selected
+  with masks.  Outputs logits, pred, exit_depth, loglik (B, D).
+* staged graphs, one per stage, for per-sample routing at run time (and TensorRT, whose If
+  op routes whole batches only): ``FilterGraph`` (flow + GMM of depth d -> loglik, cluster),
+  ``ClusterAidedGraph`` (x, cluster -> logits; the prior lookup is inside the graph) and
+  ``RegularGraph`` (x -> logits).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..models import DepthStage, DLSAModel, FeatureClassifier
+
+
+class FilterGraph(nn.Module):
+    def __init__(self, stage: DepthStage):
+        super().__init__()
+        self.stage = stage
+
+    def forward(self, x):
+        return self.stage.route(x)
+
+
+class ClusterAidedGraph(nn.Module):
+    def __init__(self, stage: DepthStage):
+        super().__init__()
+        self.stage = stage
+
+    def forward(self, x, cluster):
+        return self.stage.classify(x, cluster)
+
+
+class RegularGraph(nn.Module):
+    def __init__(self, classifier: FeatureClassifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x):
+        return self.classifier(x)
+
+
+class FusedGraph(nn.Module):
+    def __init__(self, model: DLSAModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        m = self.model
+        depth = m.depth
+        logits = m.regular(x)
+        exit_depth = torch.full_like(x[:, 0], depth + 1, dtype=torch.int64)
+        lls = []
+        exits, stage_logits = [], []
+        for stage in m.stages:
+            ll, cluster = stage.route(x)
+            lls.append(ll)
+            exits.append(ll >= stage.threshold)
+            stage_logits.append(stage.classify(x, cluster))
+        # the first depth whose threshold a sample meets wins: apply the deepest first
+        for d in range(depth - 1, -1, -1):
+            logits = torch.where(exits[d].unsqueeze(1), stage_logits[d], logits)
+            exit_depth = torch.where(exits[d], torch.full_like(exit_depth, d + 1), exit_depth)
+        return logits, logits.argmax(1), exit_depth, torch.stack(lls, 1)
+
+
+def staged_graphs(model: DLSAModel) -> dict[str, tuple[nn.Module, tuple[str, ...], tuple[str, ...]]]:
+    """name -> (module, input names, output names) for every stage of the cascade."""
+    graphs = {}
+    for d, stage in enumerate(model.stages, start=1):
+        graphs[f"filter_{d}"] = (FilterGraph(stage), ("x",), ("loglik", "cluster"))
+        graphs[f"classifier_{d}"] = (ClusterAidedGraph(stage), ("x", "cluster"), ("logits",))
+    graphs["regular"] = (RegularGraph(model.regular), ("x",), ("logits",))
+    return graphs
