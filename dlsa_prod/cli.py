@@ -153,6 +153,19 @@ def bench(bundle, batches, providers, layout, warmup, duration, run_dir, threads
 
 
 @main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="default RUN_DIR/report")
+@click.option("--features", type=click.Path(path_type=Path), help="evaluate on this feature file instead of the run's test split")
+@click.option("--bins", default=10, show_default=True, help="frequency bins of the confusion matrix")
+def report(run_dir, out, features, bins):
+    """PNG plots and a markdown summary of a trained run (accuracy vs frequency, routing, thresholds)."""
+    from .report import write_report
+
+    path = write_report(run_dir, out, features, bins)
+    click.echo(f"report: {path / 'report.md'}")
+
+
+@main.command()
 def info():
     """Versions, devices and whether the native GMM ops are built."""
     import torch

@@ -75,3 +75,22 @@ def test_eval_errors(tmp_path):
 def test_info():
     res = CliRunner().invoke(main, ["info"])
     assert res.exit_code == 0 and "native ops" in res.output and "torch" in res.output
+
+
+def test_report_writes_plots(tiny_files, tmp_path):
+    from dlsa_prod.config import config_from_dict
+    from dlsa_prod.pipeline import run_training
+
+    from conftest import tiny_config_dict as tcd
+
+    train, test = tiny_files
+    run_training(config_from_dict(tcd(train, test)), tmp_path / "run")
+    res = CliRunner().invoke(main, ["report", str(tmp_path / "run"), "--bins", "3"])
+    assert res.exit_code == 0, res.output
+    rep = tmp_path / "run" / "report"
+    for png in ("per_class_accuracy.png", "routing_by_class.png", "loglik_hist.png", "confusion_by_frequency.png",
+                "cluster_purity.png"):
+        data = (rep / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
+    md = (rep / "report.md").read_text()
+    assert "DLSA" in md and "plain BSM" in md and "![Where each class exits](routing_by_class.png)" in md

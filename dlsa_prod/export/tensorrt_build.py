@@ -102,3 +102,25 @@ def build_engines(bundle: Path, stages: dict, dims: dict, profile: BatchProfile,
     timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
     return {"tensorrt_version": trt.__version__, "compute_capability": cc, "precision": "fp32",
             "profile": {"min": profile.min, "opt": profile.opt, "max": profile.max}, "engines": engines}
+
+
+def load_engines(bundle: Path, manifest: dict) -> dict:
+    """Deserialize a bundle's TensorRT engines, refusing engines built for another TensorRT or GPU."""
+    entry = manifest.get("tensorrt")
+    if not entry:
+        raise DLSAError(f"{bundle}: the bundle has no TensorRT engines (export with --trt)")
+    trt = import_tensorrt()
+    import torch
+
+    if not torch.cuda.is_available():
+        raise TensorRTUnavailable("TensorRT engines need an NVIDIA GPU; none is visible")
+    check_engine_compatible(entry, trt.__version__, "%d.%d" % torch.cuda.get_device_capability())
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engines = {}
+    for name, e in entry["engines"].items():
+        engine = runtime.deserialize_cuda_engine((Path(bundle) / e["file"]).read_bytes())
+        if engine is None:
+            raise DLSAError(f"{Path(bundle) / e['file']}: TensorRT could not load the engine; rebuild it with "
+                            f"`dlsa-prod export --trt`")
+        engines[name] = engine
+    return engines
