@@ -57,11 +57,23 @@ def run_bench(bundle: Path, batches: list[int], layouts: list[str], providers: l
 
         if threads:
             torch.set_num_threads(threads)
-        model = load_run(run_dir, "cpu").model.eval()
+        run = load_run(run_dir, "cpu")
+        model = run.model.eval()
+        trunk, prep = None, None
+        if run.meta.get("backbone"):
+            from .images.backbones import build_backbone
+            from .images.preprocess import Preprocess
+            from .run_dir import _load_state
+
+            prep = Preprocess.from_dict(run.meta["backbone"]["preprocess"])
+            net = build_backbone(run.meta["backbone"]["arch"], prep.channels, run.meta["num_classes"])
+            _load_state(net, Path(run_dir) / "backbone.safetensors")
+            trunk = net.trunk.eval()
 
         def eager(x, _m=model):
             with torch.no_grad():
-                return _m(torch.from_numpy(x))
+                t = torch.from_numpy(x if prep is None else prep.to_nchw(x))
+                return _m(t if trunk is None else trunk(t))
 
     rows = []
     for b in batches:
@@ -76,6 +88,12 @@ def run_bench(bundle: Path, batches: list[int], layouts: list[str], providers: l
                 total = sum(rt.stage_times.seconds.values()) or 1.0
                 row["stage_share"] = {k: v / total for k, v in sorted(rt.stage_times.seconds.items())}
             rows.append(row)
+            if lay == "staged" and "backbone" in rt._stages:  # the backbone alone, for the heads' cost
+                bb, prep = rt._stages["backbone"], rt.preprocess
+                row_bb = _row("onnxruntime backbone only", b, _measure(
+                    lambda x, _bb=bb, _p=prep: _bb.run(None, {"image": _p.to_nchw(x)}), data, warmup, duration))
+                row["heads_added_vs_backbone"] = row["p50_ms"] / row_bb["p50_ms"] - 1.0
+                rows.append(row_bb)
     base = {r["batch"]: r for r in rows if r["method"] == "pytorch eager"}
     for r in rows:
         if r["batch"] in base:
@@ -86,9 +104,13 @@ def run_bench(bundle: Path, batches: list[int], layouts: list[str], providers: l
 def format_rows(rows: list[dict]) -> str:
     lines = ["| batch | method | p50 ms | p90 ms | p99 ms | samples/s | p50 vs eager | stage share |",
              "|---:|---|---:|---:|---:|---:|---:|---|"]
+    extra = []
     for r in rows:
         share = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r.get("stage_share", {}).items())
         vs = f"{r['p50_vs_eager']:.2f}x" if "p50_vs_eager" in r else ""
         lines.append(f"| {r['batch']} | {r['method']} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} | "
                      f"{r['throughput']:.0f} | {vs} | {share} |")
-    return "\n".join(lines)
+        if "heads_added_vs_backbone" in r:
+            extra.append(f"batch {r['batch']}: the DLSA heads add {100 * r['heads_added_vs_backbone']:.0f}% to the "
+                         f"backbone's p50 latency (staged)")
+    return "\n".join(lines + ([""] + extra if extra else []))

@@ -165,6 +165,36 @@ def report(run_dir, out, features, bins):
     click.echo(f"report: {path / 'report.md'}")
 
 
+@main.command(name="evaluate-features")
+@click.argument("feature_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML with gmflow / filter / regcls / data settings (default: built-in)")
+@click.option("--device", default="cpu", type=click.Choice(["cpu", "cuda", "auto"]))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="write table.md, results.json, comparison.png here")
+def evaluate_features(feature_dirs, config_file, device, out):
+    """Compare feature sets (research-layout directories) by how well the flow filter separates head classes."""
+    import yaml
+
+    from .device import resolve_device
+    from .feature_eval import DEFAULTS, evaluate_feature_set, format_feature_table, plot_feature_table
+    from .logs import setup_logging
+    from .run_dir import write_json
+
+    setup_logging()
+    base = yaml.safe_load(Path(config_file).read_text()) if config_file else dict(DEFAULTS)
+    dev = resolve_device(device)
+    rows = [evaluate_feature_set(Path(d), base, dev) for d in feature_dirs]
+    table = format_feature_table(rows)
+    click.echo(table)
+    if out:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "table.md").write_text(table + "\n")
+        write_json(out / "results.json", rows)
+        plot_feature_table(rows, out / "comparison.png")
+        click.echo(f"written to {out}")
+
+
 @main.command()
 def info():
     """Versions, devices and whether the native GMM ops are built."""

@@ -159,8 +159,59 @@ class DigitsConfig(_Section):
     test_per_class: int = Field(40, ge=1)
 
 
+class LongTailConfig(_Section):
+    imbalance_ratio: float = Field(100.0, ge=1)
+    profile: Literal["exponential", "pareto"] = "exponential"
+
+
+class ImagesConfig(_Section):
+    format: Literal["idx", "split_list", "image_folder", "digits"]
+    root: Optional[Path] = Field(None, description="idx directory, or the image root of split lists")
+    train_list: Optional[Path] = None
+    val_list: Optional[Path] = None
+    test_list: Optional[Path] = None
+    train: Optional[Path] = Field(None, description="ImageFolder tree of the train split")
+    val: Optional[Path] = None
+    test: Optional[Path] = None
+    longtail: Optional[LongTailConfig] = Field(None, description="draw a long-tailed train split from a balanced one")
+    image_size: Optional[list[int]] = Field(None, description="[H, W]; default: the images' own size (224 for files)")
+    test_per_class: int = Field(40, ge=1, description="digits: balanced test images per class")
+    skip_bad_images: bool = False
+
+    @model_validator(mode="after")
+    def _needs(self):
+        need = {"idx": ("root",), "split_list": ("root", "train_list", "test_list"),
+                "image_folder": ("train", "test"), "digits": ()}[self.format]
+        missing = [k for k in need if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"images format {self.format!r} needs {', '.join(missing)}")
+        return self
+
+
+class AugmentConfig(_Section):
+    crop_padding: int = Field(4, ge=0)
+    hflip: bool = True
+
+
+class BackboneConfig(_Section):
+    arch: Literal["cifar_resnet", "resnet18", "resnet34", "resnet50"] = "cifar_resnet"
+    weights: Optional[str] = Field(None, description="local .safetensors/.pt file, or a torchvision weight name")
+    freeze: bool = Field(False, description="use the given weights as they are (no stage-1 training)")
+    loss: Literal["CE", "BSM"] = "CE"
+    epochs: int = Field(10, ge=0)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    batchsize: int = Field(128, ge=2)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+    cache_dir: Path = Path("runs/.feature_cache")
+
+
 class DataConfig(_Section):
-    source: Literal["features", "digits"] = "features"
+    source: Literal["features", "digits", "images"] = "features"
+    images: Optional[ImagesConfig] = None
     feat_dir: Optional[Path] = None
     train: Optional[Path] = None
     val: Optional[Path] = None
@@ -173,6 +224,8 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _paths(self):
+        if self.source == "images" and self.images is None:
+            raise ValueError("data: source 'images' needs a data.images section")
         if self.source == "features":
             if self.feat_dir is None and (self.train is None or self.test is None):
                 raise ValueError("data: set feat_dir, or train and test files, for source 'features'")
@@ -191,6 +244,7 @@ class RunConfig(_Section):
         None, description="plain classifiers to train for comparison; null = regcls loss type"
     )
     data: DataConfig
+    backbone: Optional[BackboneConfig] = None
     output: OutputConfig = Field(default_factory=OutputConfig)
     gmflow: GMFlowConfig = Field(default_factory=GMFlowConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
@@ -204,6 +258,12 @@ class RunConfig(_Section):
     root_dir: Optional[str] = None
     data_dir: Optional[str] = None
     backbone_weight_path: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _backbone_for_images(self):
+        if self.data.source == "images" and self.backbone is None:
+            raise ValueError("data.source 'images' needs a backbone section")
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -58,7 +58,13 @@ def _train(cfg: RunConfig, workdir: Path) -> dict:
     device = resolve_device(cfg.device)
     generator = seed_everything(cfg.seed)
     log.info("dlsa_prod %s, torch %s, device %s, seed %d", __version__, torch.__version__, device, cfg.seed)
-    splits = load_splits(cfg.data, cfg.seed)
+    backbone = None
+    if cfg.data.source == "images":
+        from .images.stage import image_splits
+
+        splits, backbone = image_splits(cfg, workdir, device, generator)
+    else:
+        splits = load_splits(cfg.data, cfg.seed)
     counts = splits.train_counts()
     log.info("data: %d train / %d val / %d test samples, dim %d, %d classes, train counts %d..%d (ratio %.1f)",
              len(splits.train), len(splits.val), len(splits.test), splits.dim, splits.num_classes,
@@ -75,7 +81,8 @@ def _train(cfg: RunConfig, workdir: Path) -> dict:
     }
     meta = {"dlsa_prod_version": __version__, "torch_version": torch.__version__, "dim": splits.dim,
             "num_classes": splits.num_classes, "depth": result.model.depth, "train_class_counts": counts.tolist(),
-            "baselines": list(baselines), "seed": cfg.seed, "many_shot": many, "few_shot": few}
+            "baselines": list(baselines), "seed": cfg.seed, "many_shot": many, "few_shot": few,
+            "backbone": backbone}
     save_run(workdir, cfg, meta, result.model.cpu(), {k: v.cpu() for k, v in baselines.items()}, metrics)
     (workdir / "history.json").write_text(json.dumps(result.histories))
     log.info("\n%s\nrouting share (depth 1..%d, regular): %s\n", results_table(metrics, "test"), result.model.depth,

@@ -76,6 +76,11 @@ class Runtime:
                               f"(has: {', '.join(self.manifest['layouts'])})")
         self.layout = layout
         self.dim = int(self.manifest["input"]["dim"])
+        self.preprocess = None
+        if self.manifest["input"]["kind"] == "image":
+            from .images.preprocess import Preprocess
+
+            self.preprocess = Preprocess.from_dict(self.manifest["input"]["image"])
         self.depth = int(self.manifest["depth"])
         self.thresholds = np.asarray(self.manifest["thresholds"], dtype=np.float32)
         self.providers = resolve_providers(providers)
@@ -112,7 +117,15 @@ class Runtime:
         return np.ascontiguousarray(batch)
 
     def predict(self, batch, profile: bool = False) -> Prediction:
-        x = self.validate(batch)
+        """Features (batch, dim) for a feature bundle; images for an image bundle: uint8 (N, H, W, C)
+        or (N, C, H, W) (or float 0..1), preprocessed as recorded in the manifest."""
+        if self.preprocess is not None:
+            return self.predict_prepared(self.preprocess.to_nchw(batch), profile)
+        return self.predict_prepared(self.validate(batch), profile)
+
+    def predict_prepared(self, x: np.ndarray, profile: bool = False) -> Prediction:
+        """Graph-ready input: float32 features, or normalised float32 NCHW images."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
         if x.shape[0] == 0:
             c = int(self.manifest["classes"]["num_classes"])
             return Prediction(np.zeros(0, np.int64), np.zeros((0, c), np.float32), np.zeros(0, np.int64),
@@ -121,7 +134,8 @@ class Runtime:
         return Prediction(logits.argmax(1).astype(np.int64), _softmax(logits), exit_depth, logits)
 
     def _run_fused(self, x):
-        logits, _, exit_depth, _ = self._fused.run(None, {"x": x})
+        name = self.manifest["layouts"]["fused"]["inputs"][0]
+        logits, _, exit_depth, _ = self._fused.run(None, {name: x})
         return logits, exit_depth.astype(np.int64)
 
     def _timed(self, name, fn, profile):
@@ -133,6 +147,9 @@ class Runtime:
         return out
 
     def _run_staged(self, x, profile=False):
+        if "backbone" in self._stages:
+            bb = self._stages["backbone"]
+            x = self._timed("backbone", lambda: bb.run(None, {"image": x})[0], profile)
         b = x.shape[0]
         logits = None
         exit_depth = np.full(b, self.depth + 1, dtype=np.int64)

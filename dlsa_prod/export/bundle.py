@@ -30,7 +30,7 @@ from ..data import load_splits, read_features
 from ..errors import DLSAError
 from ..metrics import shot_groups
 from ..run_dir import load_run
-from .graphs import FusedGraph, staged_graphs
+from .graphs import BackboneGraph, FusedGraph, ImageInput, staged_graphs
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, sha256_file
 from .onnx_export import OPSET, export_onnx
 from .parity import ParityError, compare, passed, reference
@@ -69,21 +69,25 @@ def export_bundle(run_dir: str | Path, out: str | Path, layouts=LAYOUTS, feature
     run = load_run(run_dir, "cpu")
     model = run.model.eval()
     meta = run.meta
-    if features is not None:
+    image = _image_parts(run) if meta.get("backbone") else None
+    if image is not None:
+        val, xs = image["samples"], image["inputs"]
+    elif features is not None:
         val = read_features(features, meta["num_classes"], meta["dim"]).features
+        xs = parity_inputs(val)
     else:
         try:
             val = load_splits(run.cfg.data, run.cfg.seed).val.features
         except DLSAError as exc:
             raise DLSAError(f"cannot load the run's validation features for the parity gate ({exc}); "
                             f"pass --features FILE") from None
-    xs = parity_inputs(val)
+        xs = parity_inputs(val)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.exporting-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        manifest = _write(tmp, model, meta, layouts, val, xs, class_names, _after_export)
+        manifest = _write(tmp, model, meta, layouts, val, xs, class_names, _after_export, image)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -94,23 +98,61 @@ def export_bundle(run_dir: str | Path, out: str | Path, layouts=LAYOUTS, feature
     return manifest
 
 
-def _write(tmp: Path, model, meta: dict, layouts, val, xs, class_names, after_export) -> dict:
+def _image_parts(run) -> dict:
+    """Backbone trunk, preprocessing and parity inputs (val images + random images) of an image run."""
+    from ..images.backbone_stage import load_batch
+    from ..images.backbones import build_backbone
+    from ..images.preprocess import Preprocess
+    from ..images.stage import read_image_sets
+    from ..run_dir import _load_state
+
+    info = run.meta["backbone"]
+    prep = Preprocess.from_dict(info["preprocess"])
+    backbone = build_backbone(info["arch"], prep.channels, run.meta["num_classes"])
+    _load_state(backbone, run.path / "backbone.safetensors")
+    try:
+        val = read_image_sets(run.cfg)["val"]
+    except DLSAError as exc:
+        raise DLSAError(f"cannot read the run's validation images for the parity gate ({exc})") from None
+    n = min(len(val), 256)
+    val_idx = np.arange(n)
+    h, w = prep.size
+    if val.in_memory:
+        samples = np.ascontiguousarray(val.items[:MAX_SAMPLES])
+    else:  # resized uint8 images, for bench
+        samples = np.stack([np.round((load_batch(val, [i], prep)[0].numpy().transpose(1, 2, 0) * np.asarray(prep.std)
+                                      + np.asarray(prep.mean)) * 255).clip(0, 255).astype(np.uint8)
+                            for i in range(min(len(val), MAX_SAMPLES))])
+    rand = np.random.default_rng(0).integers(0, 256, (32, h, w, prep.channels), dtype=np.uint8)
+    inputs = prep.to_nchw(np.concatenate([samples[val_idx], rand]))
+    return {"trunk": backbone.trunk.eval(), "prep": prep, "samples": samples, "inputs": inputs,
+            "dim": int(info["dim"])}
+
+
+def _write(tmp: Path, model, meta: dict, layouts, val, xs, class_names, after_export, image=None) -> dict:
     example = torch.from_numpy(xs[:4])
     entries = {}
+    inp = "image" if image else "x"
     if "fused" in layouts:
-        export_onnx(FusedGraph(model), (example,), tmp / "fused.onnx", ["x"],
-                    ["logits", "pred", "exit_depth", "loglik"])
-        entries["fused"] = {"file": "fused.onnx", "inputs": ["x"],
+        fused = ImageInput(image["trunk"], FusedGraph(model)) if image else FusedGraph(model)
+        export_onnx(fused, (example,), tmp / "fused.onnx", [inp], ["logits", "pred", "exit_depth", "loglik"])
+        entries["fused"] = {"file": "fused.onnx", "inputs": [inp],
                             "outputs": ["logits", "pred", "exit_depth", "loglik"]}
     if "staged" in layouts:
         (tmp / "staged").mkdir()
         stages = {}
-        for name, (module, ins, outs) in staged_graphs(model).items():
+        graphs = staged_graphs(model)
+        if image:
+            export_onnx(BackboneGraph(image["trunk"]), (example,), tmp / "staged" / "backbone.onnx", ["image"], ["x"])
+            stages["backbone"] = {"file": "staged/backbone.onnx", "inputs": ["image"], "outputs": ["x"]}
+            with torch.no_grad():
+                example = image["trunk"](example)
+        for name, (module, ins, outs) in graphs.items():
             args = (example,) if ins == ("x",) else (example, model.stages[0].route(example)[1])
             export_onnx(module, args, tmp / "staged" / f"{name}.onnx", ins, outs)
             stages[name] = {"file": f"staged/{name}.onnx", "inputs": list(ins), "outputs": list(outs)}
         entries["staged"] = {"stages": stages}
-    samples = val[:MAX_SAMPLES].astype(np.float32)
+    samples = val[:MAX_SAMPLES] if image else val[:MAX_SAMPLES].astype(np.float32)
     np.save(tmp / "samples.npy", samples)
     if after_export is not None:
         after_export(tmp)
@@ -120,7 +162,10 @@ def _write(tmp: Path, model, meta: dict, layouts, val, xs, class_names, after_ex
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
-        "input": {"kind": "features", "dim": int(meta["dim"]), "dtype": "float32", "image": None},
+        "input": ({"kind": "image", "dim": image["dim"], "dtype": "float32",
+                   "image": {**image["prep"].to_dict(), "accepts": "uint8 (N, H, W, C) or (N, C, H, W), or float 0..1",
+                             "graph_input": "normalised float32 (N, C, H, W)"}}
+                  if image else {"kind": "features", "dim": int(meta["dim"]), "dtype": "float32", "image": None}),
         "classes": {"num_classes": int(meta["num_classes"]), "names": class_names,
                     "train_counts": counts.tolist(), "shot_groups": {k: v.tolist() for k, v in groups.items()}},
         "depth": model.depth, "thresholds": model.thresholds, "layouts": entries,
@@ -128,19 +173,24 @@ def _write(tmp: Path, model, meta: dict, layouts, val, xs, class_names, after_ex
     }
     manifest["files"] = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    manifest["parity"] = _gate(tmp, model, layouts, xs)
+    manifest["parity"] = _gate(tmp, model, layouts, xs, image)
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
 
 
-def _gate(tmp: Path, model, layouts, xs) -> dict:
+def _gate(tmp: Path, model, layouts, xs, image=None) -> dict:
     from ..runtime import Runtime
 
-    ref = reference(model, xs)
+    n_random = 32 if image else 64
+    if image:
+        with torch.no_grad():
+            ref = reference(model, image["trunk"](torch.from_numpy(xs)).numpy())
+    else:
+        ref = reference(model, xs)
     thresholds = np.asarray(model.thresholds, dtype=np.float32)
-    report = {"inputs": {"validation": int(len(xs) - 64), "random": 64}}
+    report = {"inputs": {"validation": int(len(xs) - n_random), "random": n_random}}
     for layout in layouts:
-        pred = Runtime(tmp, layout=layout).predict(xs)
+        pred = Runtime(tmp, layout=layout).predict_prepared(xs)
         report[layout] = compare(ref, pred.logits, pred.exit_depth, thresholds)
         if not passed(report[layout]):
             r = report[layout]

@@ -75,3 +75,24 @@ def staged_graphs(model: DLSAModel) -> dict[str, tuple[nn.Module, tuple[str, ...
         graphs[f"classifier_{d}"] = (ClusterAidedGraph(stage), ("x", "cluster"), ("logits",))
     graphs["regular"] = (RegularGraph(model.regular), ("x",), ("logits",))
     return graphs
+
+
+class ImageInput(nn.Module):
+    """Backbone trunk in front of a feature-input graph: normalised images (N, C, H, W) in."""
+
+    def __init__(self, trunk: nn.Module, graph: nn.Module):
+        super().__init__()
+        self.trunk = trunk
+        self.cascade = graph  # not "graph": that name is taken on exported FX modules
+
+    def forward(self, image):
+        return self.cascade(self.trunk(image))
+
+
+class BackboneGraph(nn.Module):
+    def __init__(self, trunk: nn.Module):
+        super().__init__()
+        self.trunk = trunk
+
+    def forward(self, image):
+        return self.trunk(image)

@@ -1,0 +1,1 @@
+"""From images to features: image datasets, long-tailed draws, backbones, feature extraction."""

@@ -1,0 +1,52 @@
+"""Image preprocessing shared by training, export and the runtime (numpy only, no torch):
+uint8 HWC (or NCHW) -> float32 NCHW scaled to [0, 1] and normalised per channel."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..errors import DLSAError
+
+
+@dataclass
+class Preprocess:
+    size: tuple[int, int]
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["size"], d["mean"], d["std"] = list(self.size), list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        return cls(tuple(d["size"]), int(d["channels"]), tuple(d["mean"]), tuple(d["std"]))
+
+    def to_nchw(self, images) -> np.ndarray:
+        """uint8 (N, H, W, C) or (N, C, H, W) (or one image without N) -> normalised float32 NCHW."""
+        x = np.asarray(images)
+        h, w = self.size
+        c = self.channels
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4:
+            raise DLSAError(f"images must be (N, H, W, C) or (N, C, H, W), got shape {x.shape}")
+        if x.shape[1:] == (h, w, c):
+            x = x.transpose(0, 3, 1, 2)
+        elif x.shape[1:] != (c, h, w):
+            raise DLSAError(f"images must be {h}x{w} with {c} channel(s) (HWC or CHW), got shape {x.shape[1:]}")
+        if x.dtype == np.uint8:
+            x = x.astype(np.float32) / 255.0
+        elif x.dtype.kind == "f":
+            x = x.astype(np.float32)
+        else:
+            raise DLSAError(f"images must be uint8 (0..255) or float (0..1), got dtype {x.dtype}")
+        if not np.isfinite(x).all():
+            raise DLSAError("images contain NaN or inf")
+        mean = np.asarray(self.mean, np.float32)[None, :, None, None]
+        std = np.asarray(self.std, np.float32)[None, :, None, None]
+        return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
