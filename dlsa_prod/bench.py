@@ -61,14 +61,10 @@ def run_bench(bundle: Path, batches: list[int], layouts: list[str], providers: l
         model = run.model.eval()
         trunk, prep = None, None
         if run.meta.get("backbone"):
-            from .images.backbones import build_backbone
-            from .images.preprocess import Preprocess
-            from .run_dir import _load_state
+            from .images.stage import load_trained_backbone
 
-            prep = Preprocess.from_dict(run.meta["backbone"]["preprocess"])
-            net = build_backbone(run.meta["backbone"]["arch"], prep.channels, run.meta["num_classes"])
-            _load_state(net, Path(run_dir) / "backbone.safetensors")
-            trunk = net.trunk.eval()
+            net, prep = load_trained_backbone(run_dir, run.meta)
+            trunk = net.trunk
 
         def eager(x, _m=model):
             with torch.no_grad():

@@ -110,16 +110,16 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise RunDirError(f"{path / 'meta.json'}: unreadable ({exc})") from None
     model = DLSAModel.from_config(cfg, dim, c, depth)
-    _load_state(model, path / "model.safetensors")
+    load_state(model, path / "model.safetensors")
     baselines = {}
     for loss in meta.get("baselines", []):
         clf = FeatureClassifier(dim, c, cfg.regcls.model, uses_prior=False)
-        _load_state(clf, path / f"baseline_{loss}.safetensors")
+        load_state(clf, path / f"baseline_{loss}.safetensors")
         baselines[loss] = clf.to(device).eval()
     return LoadedRun(path, cfg, meta, model.to(device).eval(), baselines)
 
 
-def _load_state(module: torch.nn.Module, file: Path) -> None:
+def load_state(module: torch.nn.Module, file: Path) -> None:
     if not file.is_file():
         raise RunDirError(f"{file}: missing")
     try:

@@ -101,15 +101,10 @@ def export_bundle(run_dir: str | Path, out: str | Path, layouts=LAYOUTS, feature
 def _image_parts(run) -> dict:
     """Backbone trunk, preprocessing and parity inputs (val images + random images) of an image run."""
     from ..images.backbone_stage import load_batch
-    from ..images.backbones import build_backbone
-    from ..images.preprocess import Preprocess
-    from ..images.stage import read_image_sets
-    from ..run_dir import _load_state
+    from ..images.stage import load_trained_backbone, read_image_sets
 
     info = run.meta["backbone"]
-    prep = Preprocess.from_dict(info["preprocess"])
-    backbone = build_backbone(info["arch"], prep.channels, run.meta["num_classes"])
-    _load_state(backbone, run.path / "backbone.safetensors")
+    backbone, prep = load_trained_backbone(run.path, run.meta)
     try:
         val = read_image_sets(run.cfg)["val"]
     except DLSAError as exc:

@@ -89,3 +89,15 @@ def image_splits(cfg: RunConfig, workdir: Path, device: torch.device, generator:
     info = {"arch": bc.arch, "dim": model.dim, "preprocess": prep.to_dict(), "feature_cache": str(Path(bc.cache_dir) / key),
             "class_names": sets["train"].class_names}
     return splits, info
+
+
+def load_trained_backbone(run_path: Path, meta: dict):
+    """(ImageClassifier in eval mode, Preprocess) of an image run, from its backbone.safetensors."""
+    from ..run_dir import load_state
+    from .backbones import build_backbone
+
+    info = meta["backbone"]
+    prep = Preprocess.from_dict(info["preprocess"])
+    net = build_backbone(info["arch"], prep.channels, meta["num_classes"])
+    load_state(net, Path(run_path) / "backbone.safetensors")
+    return net.eval(), prep
