@@ -70,6 +70,8 @@ def export_bundle(run_dir: str | Path, out: str | Path, layouts=LAYOUTS, feature
     model = run.model.eval()
     meta = run.meta
     image = _image_parts(run) if meta.get("backbone") else None
+    if class_names is None and meta.get("backbone"):
+        class_names = meta["backbone"].get("class_names")  # ImageFolder class names, when known
     if image is not None:
         val, xs = image["samples"], image["inputs"]
     elif features is not None:
