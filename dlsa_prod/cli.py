@@ -214,8 +214,8 @@ def info():
         click.echo(f"onnxruntime {ort.__version__} providers: {', '.join(ort.get_available_providers())}")
     except ImportError:
         click.echo("onnxruntime: not installed")
-    click.echo(json.dumps({"tf32_matmul": torch.backends.cuda.matmul.fp32_precision
-                           if hasattr(torch.backends.cuda.matmul, "fp32_precision") else None}))
+    precision = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+    click.echo(f"CUDA fp32 matmul precision setting: {precision} (the GMM ops always use IEEE fp32)")
 
 
 if __name__ == "__main__":

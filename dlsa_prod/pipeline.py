@@ -13,7 +13,7 @@ import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import __version__
-from .config import RunConfig, config_to_yaml
+from .config import RunConfig
 from .data import load_splits
 from .device import resolve_device
 from .evaluation import evaluate
@@ -90,5 +90,3 @@ def _train(cfg: RunConfig, workdir: Path) -> dict:
     log.info("trained in %.1f s", metrics["seconds"])
     return metrics
 
-
-__all__ = ["run_training", "results_table", "config_to_yaml"]
