@@ -63,7 +63,7 @@ def eval_cmd(run_dir, feature_file, device, json_out):
     from .data import read_features
     from .device import resolve_device
     from .evaluation import evaluate
-    from .metrics import format_table
+    from .metrics import display_rows, format_table
     from .run_dir import load_run, write_json
 
     dev = resolve_device(device)
@@ -72,8 +72,7 @@ def eval_cmd(run_dir, feature_file, device, json_out):
     counts = np.asarray(run.meta["train_class_counts"])
     metrics = evaluate(run.model, run.baselines, fs, counts, dev, run.meta.get("many_shot", 100),
                        run.meta.get("few_shot", 20))
-    rows = {("DLSA" if k == "dlsa" else k.replace("plain_", "plain ")): v for k, v in metrics.items()}
-    click.echo(format_table(rows, f"{feature_file} ({len(fs)} samples, accuracy %)"))
+    click.echo(format_table(display_rows(metrics), f"{feature_file} ({len(fs)} samples, accuracy %)"))
     share = metrics["dlsa"]["routing_share"]
     click.echo("routing share (depth 1..%d, regular): %s" % (len(share) - 1, ", ".join(f"{100 * s:.1f}%" for s in share)))
     if json_out:
@@ -106,6 +105,7 @@ def export(run_dir, out, layout, features, trt, trt_batches, triton_dir, force):
     manifest = export_bundle(run_dir, out, layouts, features, force)
     if trt:
         from .export.manifest import MANIFEST, sha256_file
+        from .run_dir import write_json
         from .export.tensorrt_build import build_engines
 
         if "staged" not in manifest["layouts"]:
@@ -115,7 +115,7 @@ def export(run_dir, out, layout, features, trt, trt_batches, triton_dir, force):
         manifest["tensorrt"] = entry
         for e in entry["engines"].values():
             manifest["files"][e["file"]] = sha256_file(out / e["file"])
-        (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        write_json(out / MANIFEST, manifest)
     if triton_dir:
         from .export.triton import write_triton_repository
 

@@ -11,14 +11,17 @@ from .models import DLSAModel, FeatureClassifier
 
 
 @torch.no_grad()
-def cascade_predictions(model: DLSAModel, x: np.ndarray, device, batch_size: int = 4096):
-    preds, exits = [], []
+def cascade_predictions(model: DLSAModel, x: np.ndarray, device, batch_size: int = 4096, with_loglik: bool = False):
+    """(pred, exit_depth[, loglik (N, D)]) of the cascade over x, in batches."""
+    preds, exits, lls = [], [], []
     model.eval()
     for i in range(0, len(x), batch_size):
         out = model(torch.from_numpy(x[i:i + batch_size]).to(device))
         preds.append(out.pred.cpu())
         exits.append(out.exit_depth.cpu())
-    return torch.cat(preds).numpy(), torch.cat(exits).numpy()
+        lls.append(out.loglik.cpu())
+    result = (torch.cat(preds).numpy(), torch.cat(exits).numpy())
+    return result + (torch.cat(lls).numpy(),) if with_loglik else result
 
 
 @torch.no_grad()

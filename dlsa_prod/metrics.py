@@ -51,6 +51,11 @@ def routing_share(exit_depth: np.ndarray, depth: int) -> list[float]:
     return [float((exit_depth == d).sum()) / n for d in range(1, depth + 2)]
 
 
+def display_rows(metrics: dict) -> dict:
+    """{"dlsa": m, "plain_BSM": m, ...} -> {"DLSA": m, "plain BSM": m, ...} for format_table."""
+    return {("DLSA" if k == "dlsa" else k.replace("plain_", "plain ")): v for k, v in metrics.items()}
+
+
 def format_table(rows: dict[str, dict], title: str = "") -> str:
     """Plain-text metrics table; None shows as 'n/a'."""
     cols = [("accuracy", "overall"), ("many_shot", "many"), ("medium_shot", "medium"), ("few_shot", "few"),

@@ -18,7 +18,7 @@ from .data import load_splits
 from .device import resolve_device
 from .evaluation import evaluate
 from .logs import close_handler, setup_logging
-from .metrics import format_table
+from .metrics import display_rows, format_table
 from .run_dir import StagingDir, save_run
 from .training import train_baseline, train_dlsa
 
@@ -33,8 +33,7 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def results_table(metrics: dict, split: str) -> str:
-    rows = {("DLSA" if k == "dlsa" else k.replace("plain_", "plain ")): v for k, v in metrics[split].items()}
-    return format_table(rows, f"{split} split (accuracy %, selected on val)")
+    return format_table(display_rows(metrics[split]), f"{split} split (accuracy %, selected on val)")
 
 
 def run_training(cfg: RunConfig, out: Path, force: bool = False) -> dict:

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import FeatureSet, load_splits, read_features
-from .evaluation import classifier_predictions
+from .data import load_splits, read_features
+from .evaluation import cascade_predictions, classifier_predictions
 from .metrics import classification_metrics, format_table, shot_groups
 from .run_dir import load_run
 from .training.cluster_stats import cluster_class_histogram
@@ -30,12 +30,6 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-@torch.no_grad()
-def _cascade(model, x: np.ndarray):
-    out = model(torch.from_numpy(x))
-    return out.pred.numpy(), out.exit_depth.numpy(), out.loglik.numpy()
 
 
 def _save(fig, path: Path) -> None:
@@ -64,7 +58,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, features: s
     else:
         splits = load_splits(run.cfg.data, run.cfg.seed)
         test = splits.test
-    pred, exits, loglik = _cascade(model, test.features)
+    pred, exits, loglik = cascade_predictions(model, test.features, "cpu", with_loglik=True)
     y = test.labels
     many, few = meta.get("many_shot", 100), meta.get("few_shot", 20)
     rows = {"DLSA": classification_metrics(y, pred, counts, many, few)}
@@ -145,7 +139,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, features: s
     fig, ax = plt.subplots(figsize=(5, 3.5))
     if splits is not None:
         x_tr, y_tr = splits.train.features, splits.train.labels
-        _, tr_exits, _ = _cascade(model, x_tr)
+        _, tr_exits = cascade_predictions(model, x_tr, "cpu")
         for d, stage in enumerate(model.stages):
             reach = tr_exits >= d + 1
             with torch.no_grad():

@@ -11,7 +11,6 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dlsa_prod.cli import main
-from dlsa_prod.config import config_from_dict
 from dlsa_prod.errors import DataError, DLSAError
 from dlsa_prod.images.backbone_stage import cache_key, cached_features, extract_features
 from dlsa_prod.images.backbones import build_backbone

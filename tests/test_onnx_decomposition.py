@@ -3,7 +3,6 @@
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 import torch
 
 from dlsa_prod.models import FlowGMM

@@ -102,7 +102,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, layouts=LAYOUTS, feature
 
 def _image_parts(run) -> dict:
     """Backbone trunk, preprocessing and parity inputs (val images + random images) of an image run."""
-    from ..images.backbone_stage import load_batch
+    from ..images.backbone_stage import load_uint8
     from ..images.stage import load_trained_backbone, read_image_sets
 
     info = run.meta["backbone"]
@@ -111,17 +111,9 @@ def _image_parts(run) -> dict:
         val = read_image_sets(run.cfg)["val"]
     except DLSAError as exc:
         raise DLSAError(f"cannot read the run's validation images for the parity gate ({exc})") from None
-    n = min(len(val), 256)
-    val_idx = np.arange(n)
-    h, w = prep.size
-    if val.in_memory:
-        samples = np.ascontiguousarray(val.items[:MAX_SAMPLES])
-    else:  # resized uint8 images, for bench
-        samples = np.stack([np.round((load_batch(val, [i], prep)[0].numpy().transpose(1, 2, 0) * np.asarray(prep.std)
-                                      + np.asarray(prep.mean)) * 255).clip(0, 255).astype(np.uint8)
-                            for i in range(min(len(val), MAX_SAMPLES))])
-    rand = np.random.default_rng(0).integers(0, 256, (32, h, w, prep.channels), dtype=np.uint8)
-    inputs = prep.to_nchw(np.concatenate([samples[val_idx], rand]))
+    samples = np.ascontiguousarray(load_uint8(val, np.arange(min(len(val), MAX_SAMPLES)), prep))
+    rand = np.random.default_rng(0).integers(0, 256, (32, *prep.size, prep.channels), dtype=np.uint8)
+    inputs = prep.to_nchw(np.concatenate([samples[:256], rand]))
     return {"trunk": backbone.trunk.eval(), "prep": prep, "samples": samples, "inputs": inputs,
             "dim": int(info["dim"])}
 

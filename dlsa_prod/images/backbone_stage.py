@@ -22,32 +22,35 @@ from .sources import ImageSet, load_image
 log = logging.getLogger("dlsa_prod")
 
 
-def load_batch(images: ImageSet, index, prep: Preprocess, skip_bad: bool = False, bad: list | None = None) -> torch.Tensor:
-    """Normalised float tensor (n, C, H, W) for the given indices (paths are read and resized)."""
+def load_uint8(images: ImageSet, index, prep: Preprocess, skip_bad: bool = False, bad: list | None = None) -> np.ndarray:
+    """uint8 (n, H, W, C) images for the given indices (paths are read and resized to prep.size)."""
     if images.in_memory:
-        arr = images.items[index]
-    else:
-        from PIL import Image
+        return images.items[index]
+    from PIL import Image
 
-        rows = []
-        for i in index:
-            path = images.items[i]
-            try:
-                img = load_image(path, prep.channels)
-            except DataError:
-                if not skip_bad:
-                    raise
-                if bad is not None:
-                    bad.append(str(path))
-                img = np.zeros((*prep.size, prep.channels), np.uint8)
-            if img.shape[:2] != tuple(prep.size):
-                mode = "L" if prep.channels == 1 else "RGB"
-                pil = Image.fromarray(img[..., 0] if prep.channels == 1 else img, mode)
-                img = np.asarray(pil.resize((prep.size[1], prep.size[0]), Image.BILINEAR), np.uint8)
-                img = img[..., None] if img.ndim == 2 else img
-            rows.append(img)
-        arr = np.stack(rows)
-    return torch.from_numpy(prep.to_nchw(arr))
+    rows = []
+    for i in index:
+        path = images.items[i]
+        try:
+            img = load_image(path, prep.channels)
+        except DataError:
+            if not skip_bad:
+                raise
+            if bad is not None:
+                bad.append(str(path))
+            img = np.zeros((*prep.size, prep.channels), np.uint8)
+        if img.shape[:2] != tuple(prep.size):
+            mode = "L" if prep.channels == 1 else "RGB"
+            pil = Image.fromarray(img[..., 0] if prep.channels == 1 else img, mode)
+            img = np.asarray(pil.resize((prep.size[1], prep.size[0]), Image.BILINEAR), np.uint8)
+            img = img[..., None] if img.ndim == 2 else img
+        rows.append(img)
+    return np.stack(rows)
+
+
+def load_batch(images: ImageSet, index, prep: Preprocess, skip_bad: bool = False, bad: list | None = None) -> torch.Tensor:
+    """Normalised float tensor (n, C, H, W) for the given indices."""
+    return torch.from_numpy(prep.to_nchw(load_uint8(images, index, prep, skip_bad, bad)))
 
 
 def channel_stats(images: ImageSet, channels: int, limit: int = 5000) -> tuple[tuple, tuple]:
