@@ -35,7 +35,8 @@ def _extensions():
     if force and not toolkit:
         raise RuntimeError("DLSA_PROD_FORCE_CUDA=1 but no CUDA toolkit (CUDA_HOME) or a CPU-only torch build")
     with_cuda = not disabled and toolkit and (bool(force) or torch.cuda.is_available())
-    sources = [os.path.join("csrc", "ops.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    sources = [os.path.join("csrc", "ops.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp"))
+                                                      + glob.glob(os.path.join("csrc", "autograd", "*.cpp")))
     include_dirs = [os.path.join(ROOT, "csrc")]
     cxx = ["-O3", "-fopenmp", "-DDLSA_PROD_PYTHON_MODULE"]
     kwargs = dict(extra_link_args=["-fopenmp"])

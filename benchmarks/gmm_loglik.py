@@ -5,6 +5,10 @@ native dlsa_prod op, forward and forward+backward, with peak extra memory.
     python benchmarks/gmm_loglik.py --device cuda --json gmm_cuda.json
 
 Prints a markdown table; ratios are against the pure-torch GEMM form measured in the same run.
+Each shape also times a one-op graph, (u*1).sum(), forward and forward+backward: the fixed
+cost that any differentiable call pays on this machine (dispatch, autograd, engine start, and
+on CUDA the hand-off to the autograd device thread), which no kernel can go below.
+``--profile FILE`` writes torch.profiler tables of one forward+backward per method.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _measure import fp32_peak_tflops, peak_extra_mb, time_interleaved_ms  # noqa: E402
+from _measure import fp32_peak_tflops, peak_extra_mb, sync, time_interleaved_ms  # noqa: E402
 
 from dlsa_prod.ops import gmm_loglik, native  # noqa: E402
 
-DEFAULT_SHAPES = "1024x500x2048,64x1000x2048,4096x1000x2048"
+# the issue's three shapes, then two with smaller feature dims (where the row pass, not the GEMM, dominates)
+FLOOR = "one-op graph (u*1).sum()"
+DEFAULT_SHAPES = "1024x500x2048,64x1000x2048,4096x1000x2048,256x200x128,1024x500x256"
 
 
 def methods(device: torch.device) -> list[tuple[str, str, dict]]:
@@ -66,6 +72,20 @@ def run_shape(b: int, k: int, d: int, device: torch.device, repeat: int, max_bro
 
         fwd[name], fwd_bwd[name] = with_env(f), with_env(fb)
         rows.append({"shape": shape, "method": name})
+
+    # The fixed cost any differentiable op pays here (dispatch, autograd graph, engine start,
+    # and on CUDA the hand-off to the device thread): a one-op graph on the same u.
+    def floor_f():
+        with torch.no_grad():
+            return (u * 1.0).sum()
+
+    def floor_fb():
+        uu = u.detach().requires_grad_()
+        (uu * 1.0).sum().backward()
+        return uu.grad
+
+    fwd[FLOOR], fwd_bwd[FLOOR] = floor_f, floor_fb
+    rows.append({"shape": shape, "method": FLOOR})
     # the broadcast form is orders of magnitude slower: time it on its own, fewer times
     slow = {n for n in fwd if n == "broadcast"}
     t_fwd = time_interleaved_ms({n: f for n, f in fwd.items() if n not in slow}, device, repeat)
@@ -85,6 +105,42 @@ def run_shape(b: int, k: int, d: int, device: torch.device, repeat: int, max_bro
             r["fwd_vs_gemm"] = r["fwd_ms"] / base["fwd_ms"]
             r["fwd_bwd_vs_gemm"] = r["fwd_bwd_ms"] / base["fwd_bwd_ms"]
     return rows
+
+
+def write_profile(path: str, shapes: list[str], device: torch.device) -> None:
+    """Per shape and GEMM-form method, the top ops of one forward+backward (after a warm-up)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    parts = []
+    for shape in shapes:
+        b, k, d = (int(v) for v in shape.lower().split("x"))
+        u = torch.randn(b, d, device=device)
+        means = torch.randn(k, d, device=device) * 0.05
+        log_det = torch.randn(b, device=device)
+        for name, backend, env in methods(device):
+            if backend == "broadcast":
+                continue
+            os.environ.pop("DLSA_PROD_CUDA_FWD", None)
+            os.environ.update(env)
+
+            def fb():
+                uu = u.detach().requires_grad_()
+                gmm_loglik(uu, means, log_det, backend=backend).loglik.sum().backward()
+
+            for _ in range(3):
+                fb()
+            sync(device)
+            with profile(activities=acts) as prof:
+                for _ in range(5):
+                    fb()
+                sync(device)
+            parts.append(f"## {shape} {name} (5 calls)\n\n```\n{prof.key_averages().table(sort_by=sort, row_limit=18)}\n```\n")
+    os.environ.pop("DLSA_PROD_CUDA_FWD", None)
+    with open(path, "w") as fh:
+        fh.write("\n".join(parts))
+    print(f"profile written to {path}")
 
 
 def table(rows: list[dict], floor: dict | None) -> str:
@@ -114,6 +170,7 @@ def main(argv=None):
     p.add_argument("--max-broadcast-gb", type=float, default=None,
                    help="skip the broadcast form above this estimated size (default cpu 14, cuda 60)")
     p.add_argument("--json", help="write the rows here")
+    p.add_argument("--profile", help="write a torch.profiler table of one forward+backward per method and shape here")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     repeat = args.repeat or (100 if device.type == "cuda" else 15)
@@ -138,6 +195,11 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"device": name, "rows": rows, "floor": floor}, fh, indent=2)
+    if args.profile:
+        try:
+            write_profile(args.profile, args.shapes.split(","), device)
+        except Exception as exc:  # the profiler (CUPTI) can be missing; the timings above stand
+            print(f"profile failed: {type(exc).__name__}: {exc}")
 
 
 if __name__ == "__main__":

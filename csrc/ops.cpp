@@ -26,4 +26,7 @@ TORCH_LIBRARY(dlsa_prod, m) {
         " Tensor? log_det, Tensor? mask, Tensor? log_probs) -> (Tensor grad_u, Tensor grad_log_det)");
   // Stable split of a batch by threshold: indices with loglik >= threshold, and the rest.
   m.def("filter_split(Tensor loglik, float threshold) -> (Tensor exit_idx, Tensor continue_idx)");
+  // Which float32 row kernels the CPU ops use on this machine: "avx2+fma" or "portable"
+  // (DLSA_PROD_CPU_SIMD=off forces portable).
+  m.def("cpu_row_isa() -> str");
 }

@@ -25,7 +25,7 @@ ldd dlsa_prod/_C*.so | grep -q libstdc++ || echo "WARNING: dlsa_prod/_C links li
 python3 -c "from dlsa_prod.ops import native; print('native ops:', native.build_info())" | tee -a "$OUT/gpu.txt"
 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_native_ops.py tests/test_gmm_torch.py \
   tests/test_flow_step_backends.py 2>&1 | tee "$OUT/cuda_tests.log" | tail -15
-timeout 200 python3 benchmarks/gmm_loglik.py --device cuda --json "$OUT/gmm_cuda.json" 2>&1 \
+timeout 240 python3 benchmarks/gmm_loglik.py --device cuda --json "$OUT/gmm_cuda.json" --profile "$OUT/gmm_cuda_profile.md" 2>&1 \
   | grep -v -E "USDT|gpuGetDeviceCount" | tee "$OUT/gmm_cuda.md"
 timeout 120 python3 benchmarks/flow_step.py --device cuda --pairs 1024 --json "$OUT/flow_step_cuda.json" 2>&1 \
   | grep -v -E "USDT|gpuGetDeviceCount" | tee "$OUT/flow_step_cuda.md"

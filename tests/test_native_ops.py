@@ -1,6 +1,7 @@
 """The dlsa_prod custom ops: opcheck, float64 gradcheck, float64 broadcast reference, edge cases,
 bad input, TF32 independence.  CUDA cases run when a GPU is present and skip otherwise."""
 
+import contextlib
 import random
 
 import pytest
@@ -184,25 +185,45 @@ def test_bad_inputs_give_clear_errors(device):
             ops.gmm_loglik_fwd(*args)
 
 
+@contextlib.contextmanager
+def _fp32_precision(knob, value):
+    saved = knob.fp32_precision
+    knob.fp32_precision = value
+    try:
+        yield knob
+    finally:
+        knob.fp32_precision = saved
+
+
+def _assert_same_output(out, ref):
+    torch.testing.assert_close(out.loglik, ref.loglik, rtol=0, atol=0)
+    torch.testing.assert_close(out.log_probs, ref.log_probs, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_tf32_enabled_globally_does_not_change_results(device, cuda_fwd):
     u, means, log_det = _inputs(128, 300, 512, device)
     base = gmm_loglik(u, means, log_det, return_log_probs=True, backend="native")
-    knob = torch.backends.cuda.matmul
-    saved = knob.fp32_precision
-    try:
-        knob.fp32_precision = "tf32"
+    with _fp32_precision(torch.backends.cuda.matmul, "tf32"):
         again = gmm_loglik(u, means, log_det, return_log_probs=True, backend="native")
         uu = u.clone().requires_grad_()
         gmm_loglik(uu, means, log_det, backend="native").loglik.sum().backward()
         g_tf32 = uu.grad
-    finally:
-        knob.fp32_precision = saved
-    torch.testing.assert_close(again.loglik, base.loglik, rtol=0, atol=0)
-    torch.testing.assert_close(again.log_probs, base.log_probs, rtol=0, atol=0)
+    _assert_same_output(again, base)
     uu = u.clone().requires_grad_()
     gmm_loglik(uu, means, log_det, backend="native").loglik.sum().backward()
     torch.testing.assert_close(g_tf32, uu.grad, rtol=0, atol=0)
+
+
+def test_cpu_reduced_precision_setting_leaves_forward_in_ieee():
+    """oneDNN's bf16 fp32-matmul setting (effective on CPUs with AMX / AVX512-BF16) must not
+    change the likelihoods that route samples; the caller's setting is restored after."""
+    u, means, log_det = _inputs(128, 300, 512, "cpu")
+    base = gmm_loglik(u, means, log_det, return_log_probs=True, backend="native")
+    with _fp32_precision(torch.backends.mkldnn.matmul, "bf16") as knob:
+        again = gmm_loglik(u, means, log_det, return_log_probs=True, backend="native")
+        assert knob.fp32_precision == "bf16"
+    _assert_same_output(again, base)
 
 
 def test_torch_compile_sees_the_op():
@@ -223,3 +244,87 @@ def test_gmm_loglik_uses_native_op_by_default():
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         gmm_loglik(u, means.requires_grad_())  # trainable centres: the torch path handles their gradient
     assert not any("dlsa_prod::gmm_loglik_fwd" in e.name for e in prof.events())
+
+
+def _float64_grads(u, means, log_det, mask, w_lp):
+    """Gradients of loglik.sum() + (log_softmax(log_probs) * w_lp).sum() by the float64 torch path."""
+    uu = u.detach().double().cpu().requires_grad_()
+    ll = log_det.detach().double().cpu().requires_grad_()
+    out = gmm_loglik(uu, means.double().cpu(), ll, None if mask is None else mask.cpu(), return_log_probs=True,
+                     backend="torch")
+    lp = torch.where(torch.isinf(out.log_probs), torch.zeros_like(out.log_probs), out.log_probs)
+    (out.loglik.sum() + (lp * w_lp.double().cpu()).sum()).backward()
+    return uu.grad, ll.grad
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("k", [7, 8, 9, 16, 37])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_float32_rows_at_vector_tails(device, k, with_mask):
+    """K around the 8-lane width of the CPU row kernels, with and without a mask: forward against
+    the float64 reference, backward (through loglik and log_probs) against float64 gradients."""
+    u, means, log_det = _inputs(23, k, 12, device)
+    mask = None
+    if with_mask:
+        mask = torch.arange(k) % 3 != 1
+        mask = mask.to(device)
+    out = gmm_loglik(u, means, log_det, mask, return_log_probs=True, backend="native")
+    _check_against_reference(out, u, means, log_det, mask)
+    w = torch.randn(23, k, generator=torch.Generator().manual_seed(random.randrange(999))).to(device) * 0.1
+    uu, ll = u.clone().requires_grad_(), log_det.clone().requires_grad_()
+    out = gmm_loglik(uu, means, ll, mask, return_log_probs=True, backend="native")
+    lp = torch.where(torch.isinf(out.log_probs), torch.zeros_like(out.log_probs), out.log_probs)
+    (out.loglik.sum() + (lp * w).sum()).backward()
+    ref_u, ref_ld = _float64_grads(u, means, log_det, mask, w)
+    torch.testing.assert_close(uu.grad.double().cpu(), ref_u, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ll.grad.double().cpu(), ref_ld, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_autograd_edge_uses(device):
+    """The C++ autograd: gradient through log_probs alone, a second backward over a retained
+    graph (saved buffers must not be overwritten), trainable centres refused at the op."""
+    u, means, log_det = _inputs(19, 11, 6, device)
+    uu = u.clone().requires_grad_()
+    ll, _, lp = ops.gmm_loglik_fwd(uu, means, log_det, None, True)
+    assert ll.requires_grad and lp.requires_grad
+    torch.log_softmax(lp, 1)[:, 0].sum().backward(retain_graph=True)
+    first = uu.grad.clone()
+    ref = u.clone().double().requires_grad_()
+    ref_lp = gmm_loglik(ref, means.double(), log_det.double(), return_log_probs=True, backend="torch").log_probs
+    torch.log_softmax(ref_lp, 1)[:, 0].sum().backward()
+    torch.testing.assert_close(first.double(), ref.grad, rtol=1e-4, atol=1e-4)
+    uu.grad = None
+    torch.log_softmax(lp, 1)[:, 0].sum().backward()
+    torch.testing.assert_close(uu.grad, first, rtol=0, atol=0)
+    uu.grad = None
+    ll2, _, lp2 = ops.gmm_loglik_fwd(uu, means, log_det, None, False)
+    assert lp2.shape == (0, 11)  # not asked for: the placeholder, though the backward keeps them
+    ll2.sum().backward(retain_graph=True)
+    g1 = uu.grad.clone()
+    ll2.sum().backward()
+    torch.testing.assert_close(uu.grad, 2 * g1)
+    with pytest.raises(RuntimeError, match="centres are fixed buffers"):
+        ops.gmm_loglik_fwd(uu, means.clone().requires_grad_(), None, None, False)
+    with torch.no_grad():  # no gradient wanted: trainable centres are fine
+        ops.gmm_loglik_fwd(uu, means.clone().requires_grad_(), None, None, False)
+
+
+def test_cpu_row_kernels_both_paths():
+    """The CPU float32 row kernels: the SIMD path where the CPU has it, and the portable loops
+    (DLSA_PROD_CPU_SIMD=off, in a fresh process) pass the same reference tests."""
+    import os
+    import subprocess
+    import sys
+
+    assert native.cpu_row_isa() in ("avx2+fma", "portable")
+    env = dict(os.environ, DLSA_PROD_CPU_SIMD="off", CUDA_VISIBLE_DEVICES="")
+    code = ("from dlsa_prod.ops import native; import torch; native.available('cpu'); "
+            "print(torch.ops.dlsa_prod.cpu_row_isa())")
+    isa = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert isa.stdout.strip() == "portable"
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                          "-k", "float32_rows or forward_matches or masked_centres or gradient_matches"],
+                         env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert " passed" in res.stdout

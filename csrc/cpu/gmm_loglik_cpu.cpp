@@ -11,14 +11,23 @@
 
 #include <cmath>
 #include <limits>
+#include <string>
 #include <tuple>
+#include <type_traits>
 
 #include "../gmm_common.h"
+#include "rows_avx2.h"
 #include "vector_exp.h"
 
-// GCC builds an AVX2/FMA clone of the hot row loops and picks it at load time where supported.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define DLSA_HOT __attribute__((target_clones("arch=haswell", "default")))
+// The row passes have AVX2+FMA float32 versions in rows_avx2.h, picked at run time.  For the
+// rest (norms, float64, CPUs without AVX2), GCC builds an AVX2/FMA clone and picks it at load time where the CPU
+// supports it.  The clone is named by ISA level, not by CPU: "arch=haswell" dispatches on the
+// CPU *model* (__builtin_cpu_is), so an AMD EPYC with AVX2 silently got the scalar default;
+// "arch=x86-64-v3" (GCC 12+) and "avx2" dispatch on features.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
+#define DLSA_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define DLSA_HOT __attribute__((target_clones("avx2", "default")))
 #else
 #define DLSA_HOT
 #endif
@@ -65,6 +74,11 @@ void add_norm_terms(T* lp, const T* un, const T* mn, const T* ld, const bool* ma
 template <typename T>
 DLSA_HOT void forward_row(T* __restrict__ row, const T* __restrict__ mn, const bool* __restrict__ mask, T base,
                           int64_t k, T log_k, T* loglik, int64_t* cluster) {
+#ifdef DLSA_PROD_HAVE_AVX2_ROWS
+  if constexpr (std::is_same_v<T, float>) {
+    if (cpu_has_avx2_fma()) return forward_row_avx2(row, mn, mask, base, k, log_k, loglik, cluster);
+  }
+#endif
   const T ninf = -std::numeric_limits<T>::infinity();
   T mx[8] = {ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf};
   const int64_t k8 = k - k % 8;
@@ -119,6 +133,11 @@ void fused_forward(T* dot, const T* un, const T* mn, const T* ld, const bool* ma
 template <typename T>
 DLSA_HOT T backward_row(T* __restrict__ row, const T* __restrict__ glp, const bool* __restrict__ mask, T lse, T g,
                         int64_t k) {
+#ifdef DLSA_PROD_HAVE_AVX2_ROWS
+  if constexpr (std::is_same_v<T, float>) {
+    if (cpu_has_avx2_fma()) return backward_row_avx2(row, glp, mask, lse, g, k);
+  }
+#endif
   T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   const int64_t k8 = k - k % 8;
   for (int64_t j = 0; j < k8; j += 8)
@@ -247,7 +266,18 @@ std::tuple<at::Tensor, at::Tensor> filter_split_cpu(const at::Tensor& loglik_, d
   return {keep.narrow(0, 0, nk).clone(), rest.narrow(0, 0, nr).clone()};
 }
 
+std::string cpu_row_isa() {
+#ifdef DLSA_PROD_HAVE_AVX2_ROWS
+  if (cpu_has_avx2_fma()) return "avx2+fma";
+#endif
+  return "portable";
+}
+
 }  // namespace
+
+TORCH_LIBRARY_IMPL(dlsa_prod, CompositeExplicitAutograd, m) {
+  m.impl("cpu_row_isa", &cpu_row_isa);
+}
 
 TORCH_LIBRARY_IMPL(dlsa_prod, CPU, m) {
   m.impl("gmm_loglik_fwd", &gmm_loglik_fwd_cpu);

@@ -12,11 +12,13 @@
 // Backward: the forward's log_probs (or a GEMM) -> one fused row kernel forming G and its row
 // sums -> GEMM G mu -> grad_u = G mu - u rowsum(G).
 //
-// TF32: the cuBLAS products follow the caller's fp32 matmul precision.  dlsa_prod.ops (the
-// Python entry point, and the autograd backward it registers) runs them under IEEE fp32, so
-// a global TF32 setting never reaches them; the tiled forward never uses TF32 at all.  (The
-// C++ side does not flip torch's global flag: mixing its legacy and new TF32 APIs raises.)
+// TF32: each op holds an at::NoTF32Guard (thread-local: it also covers the backward that
+// the autograd engine runs on its device thread), so cuBLAS runs these products in IEEE fp32
+// whatever the global TF32 setting; the tiled forward never uses TF32 at all.  (The global
+// flag is never flipped: that would race with other threads, and mixing torch's legacy and
+// new TF32 APIs raises.)
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -47,6 +49,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gmm_loglik_fwd_cuda(const at::Ten
   check_gmm_inputs(u_, means_, log_det, mask);
   TORCH_CHECK(u_.is_cuda(), "dlsa_prod::gmm_loglik_fwd (CUDA kernel): u must be on a CUDA device");
   const c10::cuda::CUDAGuard guard(u_.device());
+  const at::NoTF32Guard ieee_fp32;
   auto stream = at::cuda::getCurrentCUDAStream();
   const auto u = u_.contiguous();
   const auto means = means_.contiguous();
@@ -102,6 +105,7 @@ std::tuple<at::Tensor, at::Tensor> gmm_loglik_bwd_cuda(const at::Tensor& grad_lo
   check_gmm_inputs(u_, means_, log_det, mask);
   check_bwd_inputs(grad_loglik_, grad_log_probs, u_, means_, loglik_, log_probs);
   const c10::cuda::CUDAGuard guard(u_.device());
+  const at::NoTF32Guard ieee_fp32;
   auto stream = at::cuda::getCurrentCUDAStream();
   const auto u = u_.contiguous();
   const auto means = means_.contiguous();

@@ -1,6 +1,6 @@
 // C++ test of the dlsa_prod ops through the dispatcher (CPU; CUDA too when available):
-// forward against a float64 broadcast reference, mask, backward against a finite-difference-
-// free analytic reference, filter split, and a clear error on bad input.
+// forward against a float64 broadcast reference, mask, backward (the op, and autograd through
+// the forward) against an analytic reference, filter split, and a clear error on bad input.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/torch.h>
@@ -66,6 +66,18 @@ void run(const at::Device& dev) {
     const double gerr = (gu.to(at::kDouble).cpu() - ref_gu).abs().max().item<double>();
     expect(gerr < 1e-3, tag + "grad u vs analytic reference, max abs err " + std::to_string(gerr));
     expect((gld.cpu() - 1).abs().max().item<double>() < 1e-4, tag + "grad log_det == 1");
+  }
+  {
+    // autograd from C++ (csrc/autograd): loglik.sum().backward() through the op itself
+    auto uu = u.detach().clone().requires_grad_(true);
+    auto [ll, cl, lp] = fwd.call(uu, mu, ld, std::nullopt, false);
+    expect(ll.requires_grad() && !cl.requires_grad() && lp.size(0) == 0,
+           tag + "autograd: loglik differentiable, cluster not, log_probs a (0, K) placeholder");
+    ll.sum().backward();
+    auto post = at::softmax(reference_log_probs(u, mu, ld, std::nullopt), 1);
+    auto ref_gu = at::mm(post, mu.to(at::kDouble).cpu()) - u.to(at::kDouble).cpu();
+    const double gerr = (uu.grad().to(at::kDouble).cpu() - ref_gu).abs().max().item<double>();
+    expect(gerr < 1e-3, tag + "autograd: u.grad vs analytic reference, max abs err " + std::to_string(gerr));
   }
   auto ll = at::randn({100}, opts);
   auto [keep, rest] = filt.call(ll, 0.1);

@@ -1,7 +1,8 @@
-"""The compiled ops ``torch.ops.dlsa_prod.*`` (extension ``dlsa_prod._C``): loading, fake
-(meta) kernels for torch.compile / torch.export, and autograd registration.
+"""The compiled ops ``torch.ops.dlsa_prod.*`` (extension ``dlsa_prod._C``): loading and the
+fake (meta) kernels that torch.compile / torch.export need.
 
-Schemas live in csrc/ops.cpp; CPU kernels in csrc/cpu, CUDA kernels in csrc/cuda.
+Schemas live in csrc/ops.cpp; CPU kernels in csrc/cpu, CUDA kernels in csrc/cuda, and the
+autograd of gmm_loglik_fwd in csrc/autograd (C++, so no Python runs on the backward path).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .gmm_torch import GMMOutput
-from .precision import ieee_fp32
+from .precision import ieee_fp32, reduced_cpu_matmul
 
 _state: dict = {"loaded": None, "error": ""}
 
@@ -45,7 +46,12 @@ def build_info() -> str:
     if not _load():
         return f"not built (pure-torch GEMM path in use): {_state['error']}"
     devices = [d for d in ("cpu", "cuda") if available(d)]
-    return "built for " + ", ".join(d.upper() for d in devices)
+    return "built for " + ", ".join(d.upper() for d in devices) + f" (CPU row kernels: {cpu_row_isa()})"
+
+
+def cpu_row_isa() -> str:
+    """Which float32 row kernels the CPU ops use here: "avx2+fma" or "portable"."""
+    return torch.ops.dlsa_prod.cpu_row_isa() if _load() else "not built"
 
 
 def _register() -> None:
@@ -67,34 +73,20 @@ def _register() -> None:
         return (loglik.new_empty(ctx.new_dynamic_size(), dtype=torch.int64),
                 loglik.new_empty(ctx.new_dynamic_size(), dtype=torch.int64))
 
-    def setup_context(ctx, inputs, output):
-        u, means, log_det, mask, return_log_probs = inputs
-        loglik, cluster, log_probs = output
-        ctx.has_log_det = log_det is not None
-        ctx.mark_non_differentiable(cluster)
-        ctx.save_for_backward(u, means, loglik, log_det, mask, log_probs if return_log_probs else None)
-
-    def backward(ctx, grad_loglik, grad_cluster, grad_log_probs):
-        u, means, loglik, log_det, mask, log_probs = ctx.saved_tensors
-        if grad_loglik is None:
-            grad_loglik = torch.zeros_like(loglik)
-        if grad_log_probs is not None and grad_log_probs.numel() == 0:
-            grad_log_probs = None
-        with ieee_fp32():
-            grad_u, grad_log_det = torch.ops.dlsa_prod.gmm_loglik_bwd(grad_loglik, grad_log_probs, u, means, loglik,
-                                                                      log_det, mask, log_probs)
-        return grad_u, None, (grad_log_det if ctx.has_log_det else None), None, None
-
-    torch.library.register_autograd(lib + "gmm_loglik_fwd", backward, setup_context=setup_context)
-
 
 def gmm_loglik_native(u, means, log_det=None, cluster_mask=None, return_log_probs=False) -> GMMOutput:
-    # When a gradient will be needed, materialise log_probs anyway (the kernels form them at
-    # no extra cost): autograd saves them and the backward skips recomputing the GEMM.
-    needs_grad = torch.is_grad_enabled() and (u.requires_grad or (log_det is not None and log_det.requires_grad))
-    with ieee_fp32():  # the CUDA GEMM path uses cuBLAS: never TF32 here
-        loglik, cluster, log_probs = torch.ops.dlsa_prod.gmm_loglik_fwd(u, means, log_det, cluster_mask,
-                                                                        return_log_probs or needs_grad)
+    # Autograd is registered in C++ (csrc/autograd): when a gradient will be needed it keeps
+    # the (B, K) log-densities for the backward itself, whatever return_log_probs says.
+    # Precision: the CUDA ops keep cuBLAS in IEEE fp32 themselves (at::NoTF32Guard, forward and
+    # backward), whatever the global TF32 setting.  On CPU only an explicit oneDNN bf16/tf32
+    # setting could reach at::mm: the forward (likelihoods, routing) is then run in IEEE fp32
+    # here, while the backward follows the setting like every other layer's.
+    fwd = torch.ops.dlsa_prod.gmm_loglik_fwd.default
+    if u.device.type == "cpu" and reduced_cpu_matmul():
+        with ieee_fp32():
+            loglik, cluster, log_probs = fwd(u, means, log_det, cluster_mask, return_log_probs)
+    else:
+        loglik, cluster, log_probs = fwd(u, means, log_det, cluster_mask, return_log_probs)
     return GMMOutput(loglik, cluster, log_probs if return_log_probs else None)
 
 

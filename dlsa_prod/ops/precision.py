@@ -52,3 +52,11 @@ def ieee_fp32():
                     torch.backends.cuda.matmul.allow_tf32 = v
                 else:
                     k.fp32_precision = v
+
+
+_MKLDNN = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
+
+
+def reduced_cpu_matmul() -> bool:
+    """Whether oneDNN may run fp32 CPU matmuls in a reduced precision (bf16 / tf32) now."""
+    return _MKLDNN is not None and getattr(_MKLDNN, "fp32_precision", "ieee") in _REDUCED
