@@ -236,6 +236,23 @@ def test_torch_compile_sees_the_op():
     torch.testing.assert_close(compiled(u, means, log_det), f(u, means, log_det))
 
 
+def test_torch_compile_differentiates_through_the_op():
+    """aot_autograd traces the C++ autograd (fake kernels for both ops) and gives eager's gradient."""
+    u, means, log_det = _inputs(16, 10, 8, "cpu")
+
+    def loss(u_, ld_):
+        ll, _, lp = ops.gmm_loglik_fwd(u_, means, ld_, None, True)
+        return ll.sum() + torch.log_softmax(lp, 1)[:, 0].sum()
+
+    grads = []
+    for fn in (loss, torch.compile(loss, backend="aot_eager", fullgraph=True)):
+        uu, ll = u.clone().requires_grad_(), log_det.clone().requires_grad_()
+        fn(uu, ll).backward()
+        grads.append((uu.grad, ll.grad))
+    torch.testing.assert_close(grads[1][0], grads[0][0])
+    torch.testing.assert_close(grads[1][1], grads[0][1])
+
+
 def test_gmm_loglik_uses_native_op_by_default():
     u, means, _ = _inputs(4, 3, 5, "cpu")
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:

@@ -4,7 +4,8 @@
 // while it sits in L1, one vectorised pass adds the norms and log-det and takes the max, a
 // scan finds the first argmax and a vectorised pass sums exp (logsumexp).  The B x K buffer
 // becomes the log_probs output when asked.  Extra memory: O(B*K).
-// Backward: G_bk = g_b softmax_k + grad_log_probs_bk (one pass), then grad_u = G mu - u rowsum(G).
+// Backward: G_bk = g_b softmax_k + grad_log_probs_bk and the row's -rowsum(G) u (one pass), then
+// grad_u += G mu (one GEMM with beta = 1).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -129,31 +130,33 @@ void fused_forward(T* dot, const T* un, const T* mn, const T* ld, const bool* ma
   });
 }
 
-// G_j = g exp(L_j - lse) + glp_j (0 where masked), in place; returns sum_j G_j (8 lanes).
+// G_j = g exp(L_j - lse) + glp_j (0 where masked), from the log-densities `src` into `dst`
+// (which may be src itself: each element is read before it is written); returns sum_j G_j.
 template <typename T>
-DLSA_HOT T backward_row(T* __restrict__ row, const T* __restrict__ glp, const bool* __restrict__ mask, T lse, T g,
+DLSA_HOT T backward_row(const T* src, T* dst, const T* __restrict__ glp, const bool* __restrict__ mask, T lse, T g,
                         int64_t k) {
 #ifdef DLSA_PROD_HAVE_AVX2_ROWS
   if constexpr (std::is_same_v<T, float>) {
-    if (cpu_has_avx2_fma()) return backward_row_avx2(row, glp, mask, lse, g, k);
+    if (cpu_has_avx2_fma()) return backward_row_avx2(src, dst, glp, mask, lse, g, k);
   }
 #endif
   T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   const int64_t k8 = k - k % 8;
-  for (int64_t j = 0; j < k8; j += 8)
-    for (int l = 0; l < 8; ++l) {
-      const T v = g * vector_exp(row[j + l] - lse);
-      row[j + l] = v;
-    }
-  for (int64_t j = k8; j < k; ++j) row[j] = g * vector_exp(row[j] - lse);
+  for (int64_t j = 0; j < k; ++j) dst[j] = g * vector_exp(src[j] - lse);
   if (glp != nullptr)
-    for (int64_t j = 0; j < k; ++j) row[j] += glp[j];
+    for (int64_t j = 0; j < k; ++j) dst[j] += glp[j];
   if (mask != nullptr)
-    for (int64_t j = 0; j < k; ++j) row[j] = mask[j] ? row[j] : T(0);
+    for (int64_t j = 0; j < k; ++j) dst[j] = mask[j] ? dst[j] : T(0);
   for (int64_t j = 0; j < k8; j += 8)
-    for (int l = 0; l < 8; ++l) acc[l] += row[j + l];
-  for (int64_t j = k8; j < k; ++j) acc[0] += row[j];
+    for (int l = 0; l < 8; ++l) acc[l] += dst[j + l];
+  for (int64_t j = k8; j < k; ++j) acc[0] += dst[j];
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+// out = -s x, the u-term of one row of grad_u (the GEMM adds G mu on top)
+template <typename T>
+DLSA_HOT void scaled_neg_row(const T* __restrict__ x, T s, int64_t dim, T* __restrict__ out) {
+  for (int64_t d = 0; d < dim; ++d) out[d] = -s * x[d];
 }
 
 int64_t active_count(const std::optional<at::Tensor>& mask, int64_t k) {
@@ -210,17 +213,17 @@ std::tuple<at::Tensor, at::Tensor> gmm_loglik_bwd_cpu(const at::Tensor& grad_log
   const auto ll = loglik_.contiguous();
   const auto mk = mask.has_value() ? mask->contiguous() : at::Tensor();
   const auto glp = present(grad_log_probs) ? grad_log_probs->contiguous() : at::Tensor();
-  at::Tensor g;  // (B, K): log_probs, then G in place
-  if (present(log_probs)) {
-    g = log_probs->clone(at::MemoryFormat::Contiguous);
-  } else {
-    g = at::mm(u, means.t()).contiguous();
-  }
+  // G (B, K): from the saved log_probs into a new buffer (they stay intact for a retained graph),
+  // or formed in place from a recomputed GEMM
+  const bool saved = present(log_probs);
+  const at::Tensor src = saved ? log_probs->contiguous() : at::mm(u, means.t()).contiguous();
+  at::Tensor g = saved ? at::empty_like(src, at::MemoryFormat::Contiguous) : src;
   auto rowsum = at::empty({b}, u.options());
+  auto grad_u = at::empty({b, dim}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "gmm_loglik_bwd_cpu", [&] {
     scalar_t* G = g.data_ptr<scalar_t>();
     const bool* mp = mk.defined() ? mk.data_ptr<bool>() : nullptr;
-    if (!present(log_probs)) {
+    if (!saved) {
       auto un = at::empty({b}, u.options());
       auto mn = at::empty({k}, u.options());
       row_sq_norms(u.data_ptr<scalar_t>(), b, dim, un.data_ptr<scalar_t>());
@@ -230,18 +233,22 @@ std::tuple<at::Tensor, at::Tensor> gmm_loglik_bwd_cpu(const at::Tensor& grad_log
                                ld.defined() ? ld.data_ptr<scalar_t>() : nullptr, mp, b, k, dim);
     }
     const scalar_t log_k = static_cast<scalar_t>(std::log(static_cast<double>(k_active)));
+    const scalar_t* S = src.data_ptr<scalar_t>();
     const scalar_t* glv = gl.data_ptr<scalar_t>();
     const scalar_t* llv = ll.data_ptr<scalar_t>();
     const scalar_t* glpv = glp.defined() ? glp.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* uv = u.data_ptr<scalar_t>();
     scalar_t* rs = rowsum.data_ptr<scalar_t>();
+    scalar_t* gu = grad_u.data_ptr<scalar_t>();
     at::parallel_for(0, b, 16, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        rs[r] = backward_row<scalar_t>(G + r * k, glpv ? glpv + r * k : nullptr, mp, llv[r] + log_k, glv[r], k);
+        rs[r] = backward_row<scalar_t>(S + r * k, G + r * k, glpv ? glpv + r * k : nullptr, mp, llv[r] + log_k,
+                                       glv[r], k);
+        scaled_neg_row<scalar_t>(uv + r * dim, rs[r], dim, gu + r * dim);
       }
     });
   });
-  auto grad_u = at::mm(g, means);
-  grad_u.addcmul_(u, rowsum.unsqueeze(1), -1);
+  grad_u.addmm_(g, means);  // grad_u = G mu - u rowsum(G), one BLAS call with beta = 1
   return {grad_u, rowsum};
 }
 

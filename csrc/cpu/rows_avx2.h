@@ -109,24 +109,25 @@ DLSA_AVX2 void forward_row_avx2(float* __restrict__ row, const float* __restrict
   *cluster = arg;
 }
 
-// Backward row (see backward_row): G_j = g exp(L_j - lse) + glp_j, 0 where masked; returns sum_j G_j.
-DLSA_AVX2 float backward_row_avx2(float* __restrict__ row, const float* __restrict__ glp,
+// Backward row (see backward_row): G_j = g exp(L_j - lse) + glp_j, 0 where masked, from src
+// into dst (may be src); returns sum_j G_j.
+DLSA_AVX2 float backward_row_avx2(const float* src, float* dst, const float* __restrict__ glp,
                                   const bool* __restrict__ mask, float lse, float g, int64_t k) {
   const __m256 vl = _mm256_set1_ps(lse), vg = _mm256_set1_ps(g);
   __m256 acc = _mm256_setzero_ps();
   const int64_t k8 = k - k % 8;
   for (int64_t j = 0; j < k8; j += 8) {
-    __m256 v = _mm256_mul_ps(vg, exp8(_mm256_sub_ps(_mm256_loadu_ps(row + j), vl)));
+    __m256 v = _mm256_mul_ps(vg, exp8(_mm256_sub_ps(_mm256_loadu_ps(src + j), vl)));
     if (glp != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(glp + j));
     if (mask != nullptr) v = _mm256_and_ps(v, active8(mask + j));
-    _mm256_storeu_ps(row + j, v);
+    _mm256_storeu_ps(dst + j, v);
     acc = _mm256_add_ps(acc, v);
   }
   float s = hsum8(acc);
   for (int64_t j = k8; j < k; ++j) {
-    float v = g * vector_exp(row[j] - lse) + (glp != nullptr ? glp[j] : 0.0f);
+    float v = g * vector_exp(src[j] - lse) + (glp != nullptr ? glp[j] : 0.0f);
     v = (mask == nullptr || mask[j]) ? v : 0.0f;
-    row[j] = v;
+    dst[j] = v;
     s += v;
   }
   return s;
