@@ -41,11 +41,30 @@ def methods(device: torch.device) -> list[tuple[str, str, dict]]:
     return out
 
 
-def run_shape(b: int, k: int, d: int, device: torch.device, repeat: int, max_broadcast_gb: float) -> list[dict]:
+def make_inputs(b: int, k: int, d: int, device: torch.device):
+    """Seeded u (B, D), centres (K, D) and log-det (B) on the device."""
     g = torch.Generator().manual_seed(0)
     u = torch.randn(b, d, generator=g).to(device)
     means = (torch.randn(k, d, generator=g) * 0.05).to(device)
     log_det = torch.randn(b, generator=g).to(device)
+    return u, means, log_det
+
+
+def use_env(env: dict) -> None:
+    """Select a CUDA forward kernel (DLSA_PROD_CUDA_FWD) for the calls that follow, or the default."""
+    os.environ.pop("DLSA_PROD_CUDA_FWD", None)
+    os.environ.update(env)
+
+
+def forward_backward(u, means, log_det, backend: str) -> torch.Tensor:
+    """One forward+backward through loglik.sum(); returns u's gradient."""
+    uu = u.detach().requires_grad_()
+    gmm_loglik(uu, means, log_det, backend=backend).loglik.sum().backward()
+    return uu.grad
+
+
+def run_shape(b: int, k: int, d: int, device: torch.device, repeat: int, max_broadcast_gb: float) -> list[dict]:
+    u, means, log_det = make_inputs(b, k, d, device)
     shape = f"{b}x{k}x{d}"
     bcast_gb = 3 * b * k * d * 4 / 2**30  # diff, square and gradient temporaries
     rows, fwd, fwd_bwd = [], {}, {}
@@ -56,8 +75,7 @@ def run_shape(b: int, k: int, d: int, device: torch.device, repeat: int, max_bro
 
         def with_env(fn, env=env):
             def call():
-                os.environ.pop("DLSA_PROD_CUDA_FWD", None)
-                os.environ.update(env)
+                use_env(env)
                 return fn()
             return call
 
@@ -65,12 +83,8 @@ def run_shape(b: int, k: int, d: int, device: torch.device, repeat: int, max_bro
             with torch.no_grad():
                 return gmm_loglik(u, means, log_det, backend=backend).loglik
 
-        def fb(backend=backend):
-            uu = u.detach().requires_grad_()
-            gmm_loglik(uu, means, log_det, backend=backend).loglik.sum().backward()
-            return uu.grad
-
-        fwd[name], fwd_bwd[name] = with_env(f), with_env(fb)
+        fwd[name] = with_env(f)
+        fwd_bwd[name] = with_env(lambda backend=backend: forward_backward(u, means, log_det, backend))
         rows.append({"shape": shape, "method": name})
 
     # The fixed cost any differentiable op pays here (dispatch, autograd graph, engine start,
@@ -98,7 +112,7 @@ def run_shape(b: int, k: int, d: int, device: torch.device, repeat: int, max_bro
         if n in fwd:
             r.update(fwd_ms=t_fwd[n], fwd_bwd_ms=t_fb[n], fwd_peak_mb=peak_extra_mb(fwd[n], device),
                      fwd_bwd_peak_mb=peak_extra_mb(fwd_bwd[n], device))
-    os.environ.pop("DLSA_PROD_CUDA_FWD", None)
+    use_env({})
     base = next(r for r in rows if r["method"] == "torch GEMM")
     for r in rows:
         if "fwd_ms" in r:
@@ -116,28 +130,20 @@ def write_profile(path: str, shapes: list[str], device: torch.device) -> None:
     parts = []
     for shape in shapes:
         b, k, d = (int(v) for v in shape.lower().split("x"))
-        u = torch.randn(b, d, device=device)
-        means = torch.randn(k, d, device=device) * 0.05
-        log_det = torch.randn(b, device=device)
+        u, means, log_det = make_inputs(b, k, d, device)
         for name, backend, env in methods(device):
             if backend == "broadcast":
                 continue
-            os.environ.pop("DLSA_PROD_CUDA_FWD", None)
-            os.environ.update(env)
-
-            def fb():
-                uu = u.detach().requires_grad_()
-                gmm_loglik(uu, means, log_det, backend=backend).loglik.sum().backward()
-
+            use_env(env)
             for _ in range(3):
-                fb()
+                forward_backward(u, means, log_det, backend)
             sync(device)
             with profile(activities=acts) as prof:
                 for _ in range(5):
-                    fb()
+                    forward_backward(u, means, log_det, backend)
                 sync(device)
             parts.append(f"## {shape} {name} (5 calls)\n\n```\n{prof.key_averages().table(sort_by=sort, row_limit=18)}\n```\n")
-    os.environ.pop("DLSA_PROD_CUDA_FWD", None)
+    use_env({})
     with open(path, "w") as fh:
         fh.write("\n".join(parts))
     print(f"profile written to {path}")

@@ -70,6 +70,24 @@ inline void check_bwd_inputs(const at::Tensor& grad_loglik, const std::optional<
   }
 }
 
+// an optional tensor made contiguous, or an undefined tensor when absent
+inline at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->contiguous() : at::Tensor();
+}
+
+// The inputs every GMM kernel starts from: checked, contiguous, with their sizes.
+struct GMMInputs {
+  at::Tensor u, means, log_det, mask;  // log_det, mask: undefined when absent
+  int64_t b, k, dim;
+};
+
+inline GMMInputs checked_gmm_inputs(const at::Tensor& u, const at::Tensor& means,
+                                    const std::optional<at::Tensor>& log_det, const std::optional<at::Tensor>& mask) {
+  check_gmm_inputs(u, means, log_det, mask);
+  return {u.contiguous(), means.contiguous(), contiguous_or_undefined(log_det), contiguous_or_undefined(mask),
+          u.size(0), means.size(0), u.size(1)};
+}
+
 // true when an optional (B, K) tensor is present and non-empty
 inline bool present(const std::optional<at::Tensor>& t) { return t.has_value() && t->numel() > 0; }
 

@@ -59,7 +59,6 @@ class GMMLogLikFunction : public torch::autograd::Function<GMMLogLikFunction> {
                                bool return_log_probs) {
     auto [loglik, cluster, log_probs] = call_fwd_kernel(u, means, log_det, mask, /*return_log_probs=*/true);
     ctx->set_materialize_grads(false);  // an unused output's gradient stays undefined: no (B, K) zeros
-    ctx->saved_data["has_log_det"] = log_det.has_value() && log_det->defined();
     ctx->saved_data["return_log_probs"] = return_log_probs;
     ctx->save_for_backward({u, means, loglik, log_det.value_or(at::Tensor()), mask.value_or(at::Tensor()), log_probs});
     ctx->mark_non_differentiable({cluster});
@@ -77,7 +76,7 @@ class GMMLogLikFunction : public torch::autograd::Function<GMMLogLikFunction> {
     if (ctx->saved_data["return_log_probs"].toBool() && grads[2].defined()) grad_lp = grads[2];
     auto [grad_u, grad_log_det] = call_bwd_op(grad_loglik, grad_lp, u, means, loglik, saved_optional(saved[3]),
                                               saved_optional(saved[4]), saved_optional(saved[5]));
-    const bool has_log_det = ctx->saved_data["has_log_det"].toBool();
+    const bool has_log_det = saved[3].defined();  // saved undefined when the call had none
     return {grad_u, at::Tensor(), has_log_det ? grad_log_det : at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };

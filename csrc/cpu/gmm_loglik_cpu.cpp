@@ -170,17 +170,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gmm_loglik_fwd_cpu(const at::Tens
                                                                    const std::optional<at::Tensor>& log_det,
                                                                    const std::optional<at::Tensor>& mask,
                                                                    bool return_log_probs) {
-  check_gmm_inputs(u_, means_, log_det, mask);
-  TORCH_CHECK(u_.device().is_cpu(), "dlsa_prod::gmm_loglik_fwd (CPU kernel): u must be on the CPU");
-  const auto u = u_.contiguous();
-  const auto means = means_.contiguous();
-  const int64_t b = u.size(0), k = means.size(0), dim = u.size(1);
+  const GMMInputs in = checked_gmm_inputs(u_, means_, log_det, mask);
+  const at::Tensor &u = in.u, &means = in.means, &ld = in.log_det, &mk = in.mask;
+  const int64_t b = in.b, k = in.k, dim = in.dim;
+  TORCH_CHECK(u.device().is_cpu(), "dlsa_prod::gmm_loglik_fwd (CPU kernel): u must be on the CPU");
   const int64_t k_active = active_count(mask, k);
   at::Tensor dot = at::mm(u, means.t()).contiguous();  // (B, K): becomes log_probs in place
   auto loglik = at::empty({b}, u.options());
   auto cluster = at::empty({b}, u.options().dtype(at::kLong));
-  const auto ld = log_det.has_value() ? log_det->contiguous() : at::Tensor();
-  const auto mk = mask.has_value() ? mask->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "gmm_loglik_fwd_cpu", [&] {
     auto un = at::empty({b}, u.options());
     auto mn = at::empty({k}, u.options());
@@ -203,15 +200,13 @@ std::tuple<at::Tensor, at::Tensor> gmm_loglik_bwd_cpu(const at::Tensor& grad_log
                                                       const std::optional<at::Tensor>& log_det,
                                                       const std::optional<at::Tensor>& mask,
                                                       const std::optional<at::Tensor>& log_probs) {
-  check_gmm_inputs(u_, means_, log_det, mask);
+  const GMMInputs in = checked_gmm_inputs(u_, means_, log_det, mask);
+  const at::Tensor &u = in.u, &means = in.means, &ld = in.log_det, &mk = in.mask;
+  const int64_t b = in.b, k = in.k, dim = in.dim;
   check_bwd_inputs(grad_loglik_, grad_log_probs, u_, means_, loglik_, log_probs);
-  const auto u = u_.contiguous();
-  const auto means = means_.contiguous();
-  const int64_t b = u.size(0), k = means.size(0), dim = u.size(1);
   const int64_t k_active = active_count(mask, k);
   const auto gl = grad_loglik_.contiguous();
   const auto ll = loglik_.contiguous();
-  const auto mk = mask.has_value() ? mask->contiguous() : at::Tensor();
   const auto glp = present(grad_log_probs) ? grad_log_probs->contiguous() : at::Tensor();
   // G (B, K): from the saved log_probs into a new buffer (they stay intact for a retained graph),
   // or formed in place from a recomputed GEMM
@@ -228,7 +223,6 @@ std::tuple<at::Tensor, at::Tensor> gmm_loglik_bwd_cpu(const at::Tensor& grad_log
       auto mn = at::empty({k}, u.options());
       row_sq_norms(u.data_ptr<scalar_t>(), b, dim, un.data_ptr<scalar_t>());
       row_sq_norms(means.data_ptr<scalar_t>(), k, dim, mn.data_ptr<scalar_t>());
-      const auto ld = log_det.has_value() ? log_det->contiguous() : at::Tensor();
       add_norm_terms<scalar_t>(G, un.data_ptr<scalar_t>(), mn.data_ptr<scalar_t>(),
                                ld.defined() ? ld.data_ptr<scalar_t>() : nullptr, mp, b, k, dim);
     }

@@ -46,16 +46,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gmm_loglik_fwd_cuda(const at::Ten
                                                                     const std::optional<at::Tensor>& log_det,
                                                                     const std::optional<at::Tensor>& mask,
                                                                     bool return_log_probs) {
-  check_gmm_inputs(u_, means_, log_det, mask);
-  TORCH_CHECK(u_.is_cuda(), "dlsa_prod::gmm_loglik_fwd (CUDA kernel): u must be on a CUDA device");
-  const c10::cuda::CUDAGuard guard(u_.device());
+  const GMMInputs in = checked_gmm_inputs(u_, means_, log_det, mask);
+  const at::Tensor &u = in.u, &means = in.means, &ld = in.log_det, &mk = in.mask;
+  const int64_t b = in.b, k = in.k, dim = in.dim;
+  TORCH_CHECK(u.is_cuda(), "dlsa_prod::gmm_loglik_fwd (CUDA kernel): u must be on a CUDA device");
+  const c10::cuda::CUDAGuard guard(u.device());
   const at::NoTF32Guard ieee_fp32;
   auto stream = at::cuda::getCurrentCUDAStream();
-  const auto u = u_.contiguous();
-  const auto means = means_.contiguous();
-  const int64_t b = u.size(0), k = means.size(0), dim = u.size(1);
-  const auto ld = log_det.has_value() ? log_det->contiguous() : at::Tensor();
-  const auto mk = mask.has_value() ? mask->contiguous() : at::Tensor();
   const auto n_active = mk.defined() ? mk.sum(at::kLong) : at::Tensor();
   auto loglik = at::empty({b}, u.options());
   auto cluster = at::empty({b}, u.options().dtype(at::kLong));
@@ -102,18 +99,15 @@ std::tuple<at::Tensor, at::Tensor> gmm_loglik_bwd_cuda(const at::Tensor& grad_lo
                                                        const std::optional<at::Tensor>& log_det,
                                                        const std::optional<at::Tensor>& mask,
                                                        const std::optional<at::Tensor>& log_probs) {
-  check_gmm_inputs(u_, means_, log_det, mask);
+  const GMMInputs in = checked_gmm_inputs(u_, means_, log_det, mask);
+  const at::Tensor &u = in.u, &means = in.means, &ld = in.log_det, &mk = in.mask;
+  const int64_t b = in.b, k = in.k, dim = in.dim;
   check_bwd_inputs(grad_loglik_, grad_log_probs, u_, means_, loglik_, log_probs);
-  const c10::cuda::CUDAGuard guard(u_.device());
+  const c10::cuda::CUDAGuard guard(u.device());
   const at::NoTF32Guard ieee_fp32;
   auto stream = at::cuda::getCurrentCUDAStream();
-  const auto u = u_.contiguous();
-  const auto means = means_.contiguous();
-  const int64_t b = u.size(0), k = means.size(0), dim = u.size(1);
   const auto gl = grad_loglik_.contiguous();
   const auto ll = loglik_.contiguous();
-  const auto ld = log_det.has_value() ? log_det->contiguous() : at::Tensor();
-  const auto mk = mask.has_value() ? mask->contiguous() : at::Tensor();
   const auto glp = present(grad_log_probs) ? grad_log_probs->contiguous() : at::Tensor();
   const auto n_active = mk.defined() ? mk.sum(at::kLong) : at::Tensor();
   const bool from_dot = !present(log_probs);

@@ -15,9 +15,11 @@ _lock = threading.RLock()
 _REDUCED = ("tf32", "bf16")
 
 
+_MKLDNN = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
+
+
 def _knobs() -> list:
-    owners = [getattr(torch.backends.cuda, "matmul", None),
-              getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)]
+    owners = [getattr(torch.backends.cuda, "matmul", None), _MKLDNN]
     return [k for k in owners if k is not None and hasattr(k, "fp32_precision")]
 
 
@@ -52,9 +54,6 @@ def ieee_fp32():
                     torch.backends.cuda.matmul.allow_tf32 = v
                 else:
                     k.fp32_precision = v
-
-
-_MKLDNN = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
 
 
 def reduced_cpu_matmul() -> bool:
