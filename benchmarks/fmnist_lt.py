@@ -1,4 +1,8 @@
-"""Fashion-MNIST-LT benchmark: DLSA (depth 1 and 2) vs the plain BSM and CE classifiers.
+"""Fashion-MNIST-LT benchmark: DLSA (depth 1 and 2) vs the plain BSM and CE classifiers (one seed).
+
+Kept for the single-seed numbers of earlier rounds; the current benchmark (four baselines,
+3 seeds, the backbone from the project's own image stage, every measured change) is
+benchmarks/longtail_suite.py, reported in docs/benchmarks.md.
 
 1. Long-tailed train split (imbalance ratio 100, exponential profile, seeded) from the
    Fashion-MNIST train set; the balanced 10k test set.  A class-balanced val split is

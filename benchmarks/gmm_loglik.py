@@ -30,14 +30,14 @@ FLOOR = "one-op graph (u*1).sum()"
 DEFAULT_SHAPES = "1024x500x2048,64x1000x2048,4096x1000x2048,256x200x128,1024x500x256"
 
 
-def methods(device: torch.device) -> list[tuple[str, str, dict]]:
-    out = [("broadcast", "broadcast", {}), ("torch GEMM", "torch", {})]
+def methods(device: torch.device) -> list[tuple[str, str, str | None]]:
+    """(name, gmm_loglik backend, CUDA forward kernel or None)."""
+    out = [("broadcast", "broadcast", None), ("torch GEMM", "torch", None)]
     if native.available(device):
         if device.type == "cuda":
-            out += [("native (tiled)", "native", {"DLSA_PROD_CUDA_FWD": "tiled"}),
-                    ("native (cuBLAS+epilogue)", "native", {"DLSA_PROD_CUDA_FWD": "gemm"})]
+            out += [("native (tiled)", "native", "tiled"), ("native (cuBLAS+epilogue)", "native", "gemm")]
         else:
-            out.append(("native", "native", {}))
+            out.append(("native", "native", None))
     return out
 
 
@@ -50,10 +50,13 @@ def make_inputs(b: int, k: int, d: int, device: torch.device):
     return u, means, log_det
 
 
-def use_env(env: dict) -> None:
-    """Select a CUDA forward kernel (DLSA_PROD_CUDA_FWD) for the calls that follow, or the default."""
-    os.environ.pop("DLSA_PROD_CUDA_FWD", None)
-    os.environ.update(env)
+_DEFAULT_KERNEL = native.cuda_forward() if native.LOADED else None  # DLSA_PROD_CUDA_FWD, read once
+
+
+def use_kernel(kernel: str | None) -> None:
+    """Select a CUDA forward kernel ("tiled" / "gemm") for the calls that follow, or the default."""
+    if native.LOADED:
+        native.cuda_forward(kernel or _DEFAULT_KERNEL)
 
 
 def forward_backward(u, means, log_det, backend: str) -> torch.Tensor:
@@ -68,14 +71,14 @@ def run_shape(b: int, k: int, d: int, device: torch.device, repeat: int, max_bro
     shape = f"{b}x{k}x{d}"
     bcast_gb = 3 * b * k * d * 4 / 2**30  # diff, square and gradient temporaries
     rows, fwd, fwd_bwd = [], {}, {}
-    for name, backend, env in methods(device):
+    for name, backend, kernel in methods(device):
         if backend == "broadcast" and bcast_gb > max_broadcast_gb:
             rows.append({"shape": shape, "method": name, "skipped": f"needs ~{bcast_gb:.0f} GB"})
             continue
 
-        def with_env(fn, env=env):
+        def with_kernel(fn, kernel=kernel):
             def call():
-                use_env(env)
+                use_kernel(kernel)
                 return fn()
             return call
 
@@ -83,8 +86,8 @@ def run_shape(b: int, k: int, d: int, device: torch.device, repeat: int, max_bro
             with torch.no_grad():
                 return gmm_loglik(u, means, log_det, backend=backend).loglik
 
-        fwd[name] = with_env(f)
-        fwd_bwd[name] = with_env(lambda backend=backend: forward_backward(u, means, log_det, backend))
+        fwd[name] = with_kernel(f)
+        fwd_bwd[name] = with_kernel(lambda backend=backend: forward_backward(u, means, log_det, backend))
         rows.append({"shape": shape, "method": name})
 
     # The fixed cost any differentiable op pays here (dispatch, autograd graph, engine start,
@@ -112,7 +115,7 @@ def run_shape(b: int, k: int, d: int, device: torch.device, repeat: int, max_bro
         if n in fwd:
             r.update(fwd_ms=t_fwd[n], fwd_bwd_ms=t_fb[n], fwd_peak_mb=peak_extra_mb(fwd[n], device),
                      fwd_bwd_peak_mb=peak_extra_mb(fwd_bwd[n], device))
-    use_env({})
+    use_kernel(None)
     base = next(r for r in rows if r["method"] == "torch GEMM")
     for r in rows:
         if "fwd_ms" in r:
@@ -131,10 +134,10 @@ def write_profile(path: str, shapes: list[str], device: torch.device) -> None:
     for shape in shapes:
         b, k, d = (int(v) for v in shape.lower().split("x"))
         u, means, log_det = make_inputs(b, k, d, device)
-        for name, backend, env in methods(device):
+        for name, backend, kernel in methods(device):
             if backend == "broadcast":
                 continue
-            use_env(env)
+            use_kernel(kernel)
             for _ in range(3):
                 forward_backward(u, means, log_det, backend)
             sync(device)
@@ -143,7 +146,7 @@ def write_profile(path: str, shapes: list[str], device: torch.device) -> None:
                     forward_backward(u, means, log_det, backend)
                 sync(device)
             parts.append(f"## {shape} {name} (5 calls)\n\n```\n{prof.key_averages().table(sort_by=sort, row_limit=18)}\n```\n")
-    use_env({})
+    use_kernel(None)
     with open(path, "w") as fh:
         fh.write("\n".join(parts))
     print(f"profile written to {path}")

@@ -1,27 +1,24 @@
-// Shared declarations of the dlsa_prod GMM ops: input checks and constants.
-//
-// The GMM has K fixed centres mu (K x D), identity covariance and uniform weights.  For
-// latents u (B x D) and an optional per-sample log|det J| (B):
-//   log p_k(u) = -D/2 log(2 pi) - 0.5 |u|^2 + u.mu_k - 0.5 |mu_k|^2 + log_det     (B x K)
-//   loglik     = logsumexp_k log p_k - log K_active,   cluster = argmax_k log p_k
-// An optional boolean mask (K) keeps a subset of active centres.  The centres are fixed
-// buffers: no gradient is computed for them.
+// What the CPU and CUDA GMM kernels share: input checks, the checked/contiguous inputs of the
+// forward and the backward, the filter_split check, constants.  The ops' model and their
+// non-finite semantics are described in include/dlsa_prod/ops.h.
 #pragma once
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <optional>
 
+#include "dlsa_prod/ops.h"
+#include "row_result.h"
+
 namespace dlsa_prod {
-// Internal linkage: the CPU (g++) and CUDA (nvcc) translation units each keep their own copy,
-// so no single inline definition is shared between objects built with different flags.
+// Internal linkage: the CPU (g++) and CUDA (host compiler, other flags) translation units each
+// keep their own copy, so no inline definition is shared between objects built differently.
 namespace {
 
 constexpr double kLog2Pi = 1.8378770664093454835606594728112;
 
-inline void check_gmm_inputs(const at::Tensor& u, const at::Tensor& means,
-                             const std::optional<at::Tensor>& log_det,
-                             const std::optional<at::Tensor>& mask) {
+inline void check_gmm_inputs(const at::Tensor& u, const at::Tensor& means, const std::optional<at::Tensor>& log_det) {
   TORCH_CHECK(u.dim() == 2, "dlsa_prod::gmm_loglik: u must be 2-D (batch, dim), got shape ", u.sizes());
   TORCH_CHECK(means.dim() == 2, "dlsa_prod::gmm_loglik: means must be 2-D (K, dim), got shape ", means.sizes());
   TORCH_CHECK(u.size(1) == means.size(1), "dlsa_prod::gmm_loglik: u has dim ", u.size(1),
@@ -42,54 +39,72 @@ inline void check_gmm_inputs(const at::Tensor& u, const at::Tensor& means,
     TORCH_CHECK(ld.device() == u.device(), "dlsa_prod::gmm_loglik: log_det on ", ld.device(), " but u on ",
                 u.device());
   }
-  if (mask.has_value()) {
-    const auto& m = *mask;
-    TORCH_CHECK(m.dim() == 1 && m.size(0) == means.size(0), "dlsa_prod::gmm_loglik: cluster mask must have shape (",
-                means.size(0), "), got ", m.sizes());
-    TORCH_CHECK(m.scalar_type() == at::kBool, "dlsa_prod::gmm_loglik: cluster mask must be bool, got ",
-                m.scalar_type());
-    TORCH_CHECK(m.device() == u.device(), "dlsa_prod::gmm_loglik: cluster mask on ", m.device(), " but u on ",
-                u.device());
-  }
 }
 
 inline void check_bwd_inputs(const at::Tensor& grad_loglik, const std::optional<at::Tensor>& grad_log_probs,
                              const at::Tensor& u, const at::Tensor& means, const at::Tensor& loglik,
                              const std::optional<at::Tensor>& log_probs) {
   const auto b = u.size(0), k = means.size(0);
-  TORCH_CHECK(grad_loglik.dim() == 1 && grad_loglik.size(0) == b, "dlsa_prod::gmm_loglik_bwd: grad_loglik shape ",
+  TORCH_CHECK(grad_loglik.dim() == 1 && grad_loglik.size(0) == b, "dlsa_prod::_gmm_loglik_bwd: grad_loglik shape ",
               grad_loglik.sizes(), ", expected (", b, ")");
-  TORCH_CHECK(loglik.dim() == 1 && loglik.size(0) == b, "dlsa_prod::gmm_loglik_bwd: loglik shape ", loglik.sizes());
+  TORCH_CHECK(loglik.dim() == 1 && loglik.size(0) == b, "dlsa_prod::_gmm_loglik_bwd: loglik shape ", loglik.sizes(),
+              ", expected (", b, ")");
+  for (const auto* t : {&grad_loglik, &loglik}) {
+    TORCH_CHECK(t->scalar_type() == u.scalar_type() && t->device() == u.device(),
+                "dlsa_prod::_gmm_loglik_bwd: (B) input dtype/device mismatch");
+  }
   for (const auto* t : {&grad_log_probs, &log_probs}) {
-    if (t->has_value()) {
+    if (t->has_value() && (*t)->numel() > 0) {
       TORCH_CHECK((*t)->dim() == 2 && (*t)->size(0) == b && (*t)->size(1) == k,
-                  "dlsa_prod::gmm_loglik_bwd: (B, K) input has shape ", (*t)->sizes());
+                  "dlsa_prod::_gmm_loglik_bwd: (B, K) input has shape ", (*t)->sizes(), ", expected (", b, ", ", k,
+                  ")");
       TORCH_CHECK((*t)->scalar_type() == u.scalar_type() && (*t)->device() == u.device(),
-                  "dlsa_prod::gmm_loglik_bwd: (B, K) input dtype/device mismatch");
+                  "dlsa_prod::_gmm_loglik_bwd: (B, K) input dtype/device mismatch");
     }
   }
 }
 
-// an optional tensor made contiguous, or an undefined tensor when absent
+inline void check_filter_split_input(const at::Tensor& loglik) {
+  TORCH_CHECK(loglik.dim() == 1, "dlsa_prod::filter_split: loglik must be 1-D, got shape ", loglik.sizes());
+  TORCH_CHECK(loglik.is_floating_point(), "dlsa_prod::filter_split: loglik must be floating point, got ",
+              loglik.scalar_type());
+}
+
+// an optional tensor made contiguous, or an undefined tensor when absent or empty
 inline at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->contiguous() : at::Tensor();
+  return t.has_value() && t->numel() > 0 ? t->contiguous() : at::Tensor();
 }
 
 // The inputs every GMM kernel starts from: checked, contiguous, with their sizes.
 struct GMMInputs {
-  at::Tensor u, means, log_det, mask;  // log_det, mask: undefined when absent
+  at::Tensor u, means, log_det;  // log_det: undefined when absent
   int64_t b, k, dim;
+  double log_k() const { return std::log(static_cast<double>(k)); }
 };
 
 inline GMMInputs checked_gmm_inputs(const at::Tensor& u, const at::Tensor& means,
-                                    const std::optional<at::Tensor>& log_det, const std::optional<at::Tensor>& mask) {
-  check_gmm_inputs(u, means, log_det, mask);
-  return {u.contiguous(), means.contiguous(), contiguous_or_undefined(log_det), contiguous_or_undefined(mask),
-          u.size(0), means.size(0), u.size(1)};
+                                    const std::optional<at::Tensor>& log_det) {
+  check_gmm_inputs(u, means, log_det);
+  return {u.contiguous(), means.contiguous(), contiguous_or_undefined(log_det), u.size(0), means.size(0), u.size(1)};
 }
 
-// true when an optional (B, K) tensor is present and non-empty
-inline bool present(const std::optional<at::Tensor>& t) { return t.has_value() && t->numel() > 0; }
+// The backward's inputs, checked and contiguous.  grad_log_probs and log_probs are undefined
+// when absent (or the (0, K) placeholder): log_probs absent means the kernel recomputes u.mu.
+struct GMMBwdInputs {
+  GMMInputs fwd;
+  at::Tensor grad_loglik, loglik, grad_log_probs, log_probs;
+};
+
+inline GMMBwdInputs checked_bwd_inputs(const at::Tensor& grad_loglik,
+                                       const std::optional<at::Tensor>& grad_log_probs, const at::Tensor& u,
+                                       const at::Tensor& means, const at::Tensor& loglik,
+                                       const std::optional<at::Tensor>& log_det,
+                                       const std::optional<at::Tensor>& log_probs) {
+  GMMInputs fwd = checked_gmm_inputs(u, means, log_det);
+  check_bwd_inputs(grad_loglik, grad_log_probs, u, means, loglik, log_probs);
+  return {std::move(fwd), grad_loglik.contiguous(), loglik.contiguous(), contiguous_or_undefined(grad_log_probs),
+          contiguous_or_undefined(log_probs)};
+}
 
 }  // namespace
 }  // namespace dlsa_prod

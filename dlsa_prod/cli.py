@@ -1,8 +1,8 @@
-"""Command line: ``dlsa-prod train | eval | info`` (click)."""
+"""Command line: ``dlsa-prod train | tune | eval | export | bench | report | evaluate-features | info`` (click)."""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import sys
 from pathlib import Path
 
@@ -22,6 +22,20 @@ class _Group(click.Group):
             sys.exit(2)
 
 
+def _check_json_target(path: Path | None, inputs=()) -> None:
+    """``--json FILE``: refuse before any work when FILE's directory does not exist, or FILE is one of
+    the command's INPUTS (a run, bundle or feature file) or a file already inside one of them."""
+    if path is None:
+        return
+    target = Path(path).resolve()
+    if not target.parent.is_dir():
+        raise DLSAError(f"{path}: its directory {target.parent} does not exist")
+    for i in inputs:
+        if i is not None and (target == Path(i).resolve() or (Path(i).resolve() in target.parents and target.exists())):
+            raise DLSAError(f"{path}: is {'' if target == Path(i).resolve() else 'a file in '}{i}, an input of this "
+                            f"command; write the JSON elsewhere")
+
+
 @click.group(cls=_Group)
 @click.version_option(package_name="dlsa_prod")
 def main():
@@ -34,45 +48,90 @@ def main():
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), help="overrides the config's device")
 @click.option("--seed", type=int, help="overrides the config's seed")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config key, e.g. gmflow.optim.lr=0.1")
+@click.option("--seeds", "seeds_text", metavar="S1,S2,...",
+              help="run the whole comparison once per seed (OUT/seed_<s>/) and report mean +- std")
 @click.option("--force", is_flag=True, help="replace an existing output directory")
-def train(config, out, device, seed, overrides, force):
+@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16"]), help="overrides the config's training precision")
+def train(config, out, device, seed, overrides, seeds_text, force, precision):
     """Train DLSA (and the plain baseline classifiers) from CONFIG.yaml; print the metrics table."""
     from .config import load_config
     from .pipeline import run_training
+    from .run_dir import check_replaceable
+    from .seeds import parse_seeds
 
     extra = list(overrides)
     if device:
         extra.append(f"device={device}")
     if seed is not None:
         extra.append(f"seed={seed}")
+    if precision:
+        extra.append(f"precision={precision}")
     cfg = load_config(config, extra)
-    out = out or cfg.output.dir
-    run_training(cfg, Path(out), force=force)
+    out = Path(out or cfg.output.dir)
+    seeds = parse_seeds(seeds_text) if seeds_text else cfg.seeds
+    if seeds and seed is not None:
+        from .errors import ConfigError
+
+        where = "--seeds" if seeds_text else "the config's seeds"
+        raise ConfigError(f"--seed {seed} with {where} {seeds}: every seed of the list is run; give one of the two"
+                          + ("" if seeds_text else " (a single run: --set seeds=null)"))
+    if seeds:
+        from .seeds import run_seeds
+
+        check_replaceable(out, "seeds", [config, *cfg.input_paths()], force)
+        run_seeds(cfg, out, seeds, force=force)
+        return
+    check_replaceable(out, "run", [config, *cfg.input_paths()], force)  # refuse before any work
+    run_training(cfg, out, force=force)
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="tune directory (default: output.dir + '_tune')")
+@click.option("--candidates", default=8, show_default=True, type=click.IntRange(min=1), help="configurations tried (the config itself is one)")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), help="overrides the config's device")
+@click.option("--seed", type=int, help="overrides the config's seed")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config key")
+def tune(config, out, candidates, device, seed, overrides):
+    """Choose depth, K, llh_proportion, classifier loss/type/sampler on val only (resumable)."""
+    from .config import load_config
+    from .tune import run_tune
+
+    extra = list(overrides) + ([f"device={device}"] if device else []) + ([f"seed={seed}"] if seed is not None else [])
+    cfg = load_config(config, extra)
+    run_tune(cfg, Path(out or f"{cfg.output.dir}_tune"), candidates)
 
 
 @main.command(name="eval")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--features", "feature_file", required=True, type=click.Path(path_type=Path),
-              help="HDF5 or .npz file with features and labels")
+@click.option("--features", "feature_file", type=click.Path(path_type=Path),
+              help="HDF5 or .npz file with features and labels (default: the run's own test split)")
 @click.option("--device", default="cpu", type=click.Choice(["cpu", "cuda", "auto"]))
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="also write the metrics here")
 def eval_cmd(run_dir, feature_file, device, json_out):
-    """Re-score a trained run's models on any feature file."""
+    """Re-score a trained run's models on its own test split or on any feature file."""
     import numpy as np
 
     from .data import read_features
     from .device import resolve_device
     from .evaluation import evaluate
-    from .metrics import display_rows, format_table
+    from .metrics import display_rows, format_table, run_shot_thresholds
+    from .run_data import load_run_splits
     from .run_dir import load_run, write_json
 
+    _check_json_target(json_out, [run_dir, feature_file])
     dev = resolve_device(device)
     run = load_run(run_dir, dev)
-    fs = read_features(feature_file, run.meta["num_classes"], run.meta["dim"])
+    if feature_file is not None:
+        fs, name = read_features(feature_file, run.meta["num_classes"], run.meta["dim"]), str(feature_file)
+    else:
+        try:
+            fs, name = load_run_splits(run).test, f"{run_dir} test split"
+        except DLSAError as exc:
+            raise DLSAError(f"cannot read the run's test split ({exc}); pass --features FILE") from None
     counts = np.asarray(run.meta["train_class_counts"])
-    metrics = evaluate(run.model, run.baselines, fs, counts, dev, run.meta.get("many_shot", 100),
-                       run.meta.get("few_shot", 20))
-    click.echo(format_table(display_rows(metrics), f"{feature_file} ({len(fs)} samples, accuracy %)"))
+    metrics = evaluate(run.model, run.baselines, fs, counts, dev, *run_shot_thresholds(run.meta))
+    click.echo(format_table(display_rows(metrics), f"{name} ({len(fs)} samples, accuracy %)"))
     share = metrics["dlsa"]["routing_share"]
     click.echo("routing share (depth 1..%d, regular): %s" % (len(share) - 1, ", ".join(f"{100 * s:.1f}%" for s in share)))
     if json_out:
@@ -84,79 +143,66 @@ def eval_cmd(run_dir, feature_file, device, json_out):
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="bundle directory (default RUN_DIR/bundle)")
 @click.option("--layout", type=click.Choice(["fused", "staged", "both"]), default="both", show_default=True)
 @click.option("--features", type=click.Path(path_type=Path), help="parity-gate features (default: the run's val split)")
-@click.option("--trt", is_flag=True, help="also build TensorRT engines for the staged graphs (needs TensorRT + GPU)")
-@click.option("--trt-batches", default="1,64,256", show_default=True, help="batch sizes for the TensorRT profile")
+@click.option("--best", is_flag=True, help="export the model meta.json names best on validation (DLSA or a baseline)")
+@click.option("--trt", is_flag=True, help="also build native TensorRT engines (needs the staged layout, TensorRT, a GPU)")
+@click.option("--trt-batches", default="1,64,256", show_default=True,
+              help="batch sizes for the TensorRT profile, or a profile name: online, batch, offline")
+@click.option("--precision", type=click.Choice(["fp32", "tf32", "fp16"]), default="fp32", show_default=True,
+              help="TensorRT engine precision (fp32 clears TensorRT's TF32 flag)")
 @click.option("--triton", "triton_dir", type=click.Path(file_okay=False, path_type=Path),
               help="also write a Triton model repository for the fused graph here")
-@click.option("--force", is_flag=True, help="replace an existing bundle")
-def export(run_dir, out, layout, features, trt, trt_batches, triton_dir, force):
+@click.option("--triton-tensorrt", is_flag=True, help="Triton config: add the TensorRT execution accelerator")
+@click.option("--force", is_flag=True,
+              help="replace an existing bundle / Triton model directory (only ones dlsa-prod wrote)")
+def export(run_dir, out, layout, features, best, trt, trt_batches, precision, triton_dir, triton_tensorrt, force):
     """Export a trained run to an ONNX bundle (parity-gated); optionally TensorRT engines and Triton."""
-    from .export.bundle import export_bundle
+    from .export.command import export_command
     from .logs import setup_logging
 
     setup_logging()
-    out = out or Path(run_dir) / "bundle"
-    layouts = ("fused", "staged") if layout == "both" else (layout,)
-    if trt:  # fail before the (slow) export when TensorRT cannot run here
-        from .export.tensorrt_build import batch_profile, import_tensorrt
-
-        import_tensorrt()
-        profile = batch_profile([int(b) for b in trt_batches.split(",")])
-    manifest = export_bundle(run_dir, out, layouts, features, force)
-    if trt:
-        from .export.manifest import MANIFEST, sha256_file
-        from .run_dir import write_json
-        from .export.tensorrt_build import build_engines
-
-        if "staged" not in manifest["layouts"]:
-            raise DLSAError("--trt builds engines for the staged graphs: export with --layout staged or both")
-        dims = {"x": manifest["input"]["dim"]}
-        entry = build_engines(out, manifest["layouts"]["staged"]["stages"], dims, profile, out / "timing.cache")
-        manifest["tensorrt"] = entry
-        for e in entry["engines"].values():
-            manifest["files"][e["file"]] = sha256_file(out / e["file"])
-        write_json(out / MANIFEST, manifest)
-    if triton_dir:
-        from .export.triton import write_triton_repository
-
-        click.echo(f"Triton model repository: {write_triton_repository(out, triton_dir)}")
-    p = manifest["parity"]
-    click.echo(f"bundle: {out}  parity: " + ", ".join(
-        f"{lay} pred {p[lay]['pred_agreement']:.4f} exit {p[lay]['exit_agreement']:.4f} "
-        f"max logit rel err {p[lay]['max_logit_rel_err']:.1e}" for lay in layouts))
+    for line in export_command(run_dir, out, layout, features, best, trt, trt_batches, precision, triton_dir,
+                               triton_tensorrt, force):
+        click.echo(line)
 
 
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--batch", "batches", default="1,8,64,256", show_default=True)
+@click.option("--batch", "batches", default="1,8,64,256", show_default=True,
+              help="comma-separated batch sizes, or a profile name: online, batch, offline")
+@click.option("--backend", "backends", multiple=True, default=["onnxruntime"], show_default=True,
+              type=click.Choice(["onnxruntime", "tensorrt", "torch"]), help="repeatable")
 @click.option("--provider", "providers", multiple=True, default=["cpu"], show_default=True,
-              help="cpu, cuda or tensorrt (repeatable)")
-@click.option("--layout", type=click.Choice(["fused", "staged", "both"]), default="both", show_default=True)
-@click.option("--warmup", default=1.0, show_default=True, help="seconds of warm-up per measurement")
-@click.option("--duration", default=3.0, show_default=True, help="seconds measured per batch size and method")
+              help="ONNX Runtime provider: cpu, cuda or tensorrt")
+@click.option("--allow-fallback", is_flag=True, help="accept ONNX Runtime falling back to another provider")
+@click.option("--layout", type=click.Choice(["fused", "staged", "single", "both"]), default=None,
+              help="default: every layout the bundle has")
+@click.option("--warmup", default="1.0", show_default=True, help="seconds of warm-up per measurement")
+@click.option("--duration", default="3.0", show_default=True, help="seconds measured per batch size and method")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path),
               help="run directory for the PyTorch eager baseline (default: the bundle's parent if it is a run)")
-@click.option("--threads", default=0, help="intra-op threads (0 = library default)")
+@click.option("--threads", default="0", show_default=True,
+              help="intra-op threads for ONNX Runtime and PyTorch alike (0 = the CPUs this process may use)")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path))
-def bench(bundle, batches, providers, layout, warmup, duration, run_dir, threads, json_out):
-    """Latency/throughput of a bundle on ONNX Runtime, next to PyTorch eager, on validation samples."""
-    from .bench import format_rows, run_bench
+def bench(bundle, batches, backends, providers, allow_fallback, layout, warmup, duration, run_dir, threads, json_out):
+    """Latency/throughput of a bundle per backend and layout, next to PyTorch eager, on validation samples."""
+    from .bench import bench_command
 
-    layouts = ["fused", "staged"] if layout == "both" else [layout]
-    if run_dir is None and (Path(bundle).parent / "meta.json").is_file():
-        run_dir = Path(bundle).parent
-    rows = run_bench(bundle, [int(b) for b in batches.split(",")], layouts, list(providers), warmup, duration,
-                     run_dir, threads)
-    click.echo(format_rows(rows))
+    _check_json_target(json_out, [bundle, run_dir])
+    rows, text = bench_command(bundle, batches, providers, layout, warmup, duration, run_dir, threads, backends,
+                               allow_fallback)
+    click.echo(text)
     if json_out:
-        Path(json_out).write_text(json.dumps(rows, indent=2))
+        from .run_dir import write_json
+
+        write_json(Path(json_out), rows)
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="default RUN_DIR/report")
 @click.option("--features", type=click.Path(path_type=Path), help="evaluate on this feature file instead of the run's test split")
-@click.option("--bins", default=10, show_default=True, help="frequency bins of the confusion matrix")
+@click.option("--bins", default=10, show_default=True, type=int,
+              help="frequency bins of the confusion matrix")
 def report(run_dir, out, features, bins):
     """PNG plots and a markdown summary of a trained run (accuracy vs frequency, routing, thresholds)."""
     from .report import write_report
@@ -173,26 +219,28 @@ def report(run_dir, out, features, bins):
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="write table.md, results.json, comparison.png here")
 def evaluate_features(feature_dirs, config_file, device, out):
     """Compare feature sets (research-layout directories) by how well the flow filter separates head classes."""
-    import yaml
-
+    from .config import read_config_tree
     from .device import resolve_device
     from .feature_eval import DEFAULTS, evaluate_feature_set, format_feature_table, plot_feature_table
     from .logs import setup_logging
-    from .run_dir import write_json
+    from .run_dir import StagingDir, write_json
 
     setup_logging()
-    base = yaml.safe_load(Path(config_file).read_text()) if config_file else dict(DEFAULTS)
-    dev = resolve_device(device)
-    rows = [evaluate_feature_set(Path(d), base, dev) for d in feature_dirs]
-    table = format_feature_table(rows)
-    click.echo(table)
-    if out:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "table.md").write_text(table + "\n")
-        write_json(out / "results.json", rows)
-        plot_feature_table(rows, out / "comparison.png")
-        click.echo(f"written to {out}")
+    base = read_config_tree(config_file) if config_file else dict(DEFAULTS)
+    staging = None
+    if out:  # refused before any work unless new or an earlier feature comparison
+        staging = StagingDir(Path(out), force=True, kind="feature-eval", protected_paths=[*feature_dirs, config_file])
+    with staging or contextlib.nullcontext():
+        dev = resolve_device(device)
+        rows = [evaluate_feature_set(Path(d), base, dev) for d in feature_dirs]
+        table = format_feature_table(rows)
+        click.echo(table)
+        if staging is not None:
+            (staging.path / "table.md").write_text(table + "\n")
+            write_json(staging.path / "results.json", rows)
+            plot_feature_table(rows, staging.path / "comparison.png")
+            staging.commit()
+            click.echo(f"written to {out}")
 
 
 @main.command()

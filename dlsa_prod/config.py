@@ -10,24 +10,49 @@ type ``ride``, other contrast types) fail with a clear message.
 
 from __future__ import annotations
 
+import os
+import types
+import typing
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from .errors import ConfigError
+from .metrics import FEW_SHOT, MANY_SHOT
 
-# Values the research code offers but dlsa_prod does not implement: key -> supported values.
-_NOT_IMPLEMENTED_HINTS = {
-    "type": "linear, cosine",
-    "contrast_type": "soft_ce",
-    "inputs": "XZP, XZ",
+# Values the research code (silicx/DLSA) offers but dlsa_prod does not implement, keyed by the
+# key's path below its section (``cacls.model.type`` -> "model.type"); the supported values
+# of the error message come from the field's Literal.
+_RESEARCH_ONLY_VALUES = {
+    "model.type": {"ride"},
+    "loss.contrast_type": {"class_aware", "hard", "none"},
 }
+
+
+def _scalar_types(annotation) -> set:
+    """The scalar types (int, float, bool) a field annotation admits, looking through Optional/Union."""
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        return set().union(*(_scalar_types(a) for a in typing.get_args(annotation)))
+    return {annotation} & {int, float, bool}
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_scalars(cls, value, info: ValidationInfo):
+        """No silent bool <-> number conversion: ``epoch: true`` is not epoch 1, ``cos_lr: 1`` is not true."""
+        field = cls.model_fields.get(info.field_name)
+        allowed = _scalar_types(field.annotation) if field is not None else set()
+        if isinstance(value, bool) and allowed and bool not in allowed:
+            raise ValueError(f"expected {'an integer' if allowed == {int} else 'a number'}, got {value!r}")
+        if allowed == {bool} and value is not None and not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
 
 
 # ----------------------------------------------------------------------------- gmflow
@@ -40,6 +65,9 @@ class FlowModelConfig(_Section):
     gmm_center_std: float = Field(0.05, gt=0)
     batch_norm: bool = True
     log_scale_clamp: float = Field(10.0, gt=0, description="soft clamp c*tanh(a/c) on MADE log-scales")
+    gmm_backend: Literal["auto", "native", "torch", "broadcast"] = Field(
+        "auto", description="GMM term: auto = native kernels when built for the device, else pure torch "
+                            "(dlsa_prod.ops.gmm_loglik)")
 
 
 class FlowDataConfig(_Section):
@@ -48,18 +76,25 @@ class FlowDataConfig(_Section):
     num_workers: int = 0  # accepted for research compatibility; features live in memory
 
 
-class OptimConfig(_Section):
+class _OptimBase(_Section):
     lr: float = Field(0.2, gt=0)
     epoch: int = Field(50, ge=1)
     momentum: float = Field(0.0, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
     warmup_epochs: int = Field(0, ge=0)
     cos_lr: bool = False
     steps: list[int] = Field(default_factory=list, description="epochs at which lr is multiplied by 0.1")
     grad_clip: Union[bool, float] = False
 
 
-class ClassifierOptimConfig(OptimConfig):
+class OptimConfig(_OptimBase):
+    """The flow's optimiser (gmflow.optim)."""
+
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class ClassifierOptimConfig(_OptimBase):
+    """A classifier's optimiser; its weight decay is ``model.weight_decay`` (the research key)."""
+
     lr: float = Field(1e-2, gt=0)
     epoch: int = Field(150, ge=1)
 
@@ -98,6 +133,8 @@ class FilterConfig(_Section):
     @model_validator(mode="after")
     def _one_rule(self):
         if self.llh_thres is not None:
+            if "llh_proportion" in self.model_fields_set and self.llh_proportion is not None:
+                raise ValueError("set only one of llh_proportion and llh_thres (the other to null)")
             self.__dict__["llh_proportion"] = None
         elif self.llh_proportion is None:
             raise ValueError("set one of filter.llh_proportion or filter.llh_thres")
@@ -150,6 +187,55 @@ class ClassifierConfig(_Section):
     loss: ClassifierLossConfig = Field(default_factory=ClassifierLossConfig)
     data: ClassifierDataConfig = Field(default_factory=ClassifierDataConfig)
     optim: ClassifierOptimConfig = Field(default_factory=ClassifierOptimConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_weight_decay(cls, tree):
+        """``optim.weight_decay`` (written by earlier dlsa_prod versions) maps onto ``model.weight_decay``."""
+        if not isinstance(tree, dict) or not isinstance(tree.get("optim"), dict) or "weight_decay" not in tree["optim"]:
+            return tree
+        optim = dict(tree["optim"])
+        wd = optim.pop("weight_decay")
+        model = tree.get("model") if isinstance(tree.get("model"), dict) else {}
+        if wd not in (0, None) and model.get("weight_decay", 0) not in (0, None):
+            raise ValueError("weight decay is set twice: use model.weight_decay only (optim.weight_decay is its "
+                             "old alias)")
+        if wd not in (0, None):
+            model = {**model, "weight_decay": wd}
+        return {**tree, "optim": optim, **({"model": model} if model else {})}
+
+
+# ----------------------------------------------------------------------------- cascade options
+class CascadeConfig(_Section):
+    """Options beyond the research method (each measured with 3 seeds in docs/benchmarks.md).
+    ``base`` names the baseline these options build on; it is trained with the baselines."""
+
+    base: Literal["CE", "BSM", "LA", "cRT"] = "BSM"
+    llh_proportions: Optional[list[float]] = Field(
+        None, description="per-depth llh_proportion (the last repeats); null = filter.llh_proportion at every depth"
+    )
+    warm_start: bool = Field(False, description="start each classifier from the base classifier's weights")
+    regular: Literal["train", "prior_shift"] = Field(
+        "train", description="train: fit the regular classifier on the remainder (research); prior_shift: the base "
+                             "classifier (all samples) with the remainder's class routing shares as its label prior"
+    )
+    mix_base: bool = Field(False, description="mix each exit classifier's logits with the base classifier's "
+                                              "(weight chosen on val; linear heads)")
+    prior_temperature: float = Field(1.0, gt=0, description="cluster prior P -> P^(1/T), renormalised")
+    route_prior: bool = Field(False, description="add log(share of class y's training samples routed to a "
+                                                 "classifier) to its logits: the label prior it meets on a "
+                                                 "class-balanced test set (linear heads)")
+    route_share_from: Literal["train", "val"] = Field(
+        "train", description="where the route shares of route_prior / prior_shift are counted: the training samples "
+                             "(which the flow fitted, so tail shares come out too high) or the held-out val samples"
+    )
+
+    @field_validator("llh_proportions")
+    @classmethod
+    def _proportions(cls, v):
+        if v is not None and (not v or any(not 0 < p < 1 for p in v)):
+            raise ValueError("every llh_proportions entry must be in (0, 1)")
+        return v
 
 
 # ----------------------------------------------------------------------------- data / output
@@ -207,6 +293,7 @@ class BackboneConfig(_Section):
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
     cache_dir: Path = Path("runs/.feature_cache")
+    sync_bn: bool = Field(False, description="torchrun on CUDA: batch-norm statistics over all ranks (SyncBatchNorm)")
 
 
 class DataConfig(_Section):
@@ -218,8 +305,11 @@ class DataConfig(_Section):
     test: Optional[Path] = None
     val_per_class: int = Field(10, ge=1, description="val samples carved per class when no val file")
     val_max_fraction: float = Field(0.2, gt=0, lt=1, description="never carve more than this share of a class")
-    many_shot: int = Field(100, ge=0, description="many-shot: more than this many training samples")
-    few_shot: int = Field(20, ge=1, description="few-shot: fewer than this many training samples")
+    num_classes: Optional[int] = Field(
+        None, ge=2, description="number of classes; labels outside 0..num_classes-1 are errors (null = from train)"
+    )
+    many_shot: int = Field(MANY_SHOT, ge=0, description="many-shot: more than this many training samples")
+    few_shot: int = Field(FEW_SHOT, ge=1, description="few-shot: fewer than this many training samples")
     digits: DigitsConfig = Field(default_factory=DigitsConfig)
 
     @model_validator(mode="after")
@@ -237,11 +327,19 @@ class OutputConfig(_Section):
 
 
 class RunConfig(_Section):
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2 ** 63, description="non-negative (numpy and torch seed with it)")
+    seeds: Optional[list[Annotated[int, Field(ge=0, lt=2 ** 63)]]] = Field(
+        None, description="run the whole comparison once per seed and report mean +- std (overrides seed)"
+    )
     device: Literal["cpu", "cuda", "auto"] = "auto"
+    precision: Literal["fp32", "tf32", "bf16"] = Field(
+        "fp32", description="flow MLP and classifier training precision (the GMM term is always IEEE fp32)"
+    )
+    compile: bool = Field(False, description="torch.compile the flow and classifier forward passes (opt-in)")
     max_depth: int = Field(1, ge=1)
-    baselines: Optional[list[Literal["CE", "BSM"]]] = Field(
-        None, description="plain classifiers to train for comparison; null = regcls loss type"
+    baselines: Optional[list[Literal["CE", "BSM", "LA", "cRT"]]] = Field(
+        None, description="baselines to train for comparison (CE, BSM, LA = post-hoc logit adjustment, "
+                          "cRT = classifier re-training); null = CE, BSM, LA, cRT"
     )
     data: DataConfig
     backbone: Optional[BackboneConfig] = None
@@ -252,12 +350,20 @@ class RunConfig(_Section):
     regcls: ClassifierConfig = Field(
         default_factory=lambda: ClassifierConfig(model=ClassifierModelConfig(inputs="XZ"))
     )
+    cascade: CascadeConfig = Field(default_factory=CascadeConfig)
     # research keys accepted for compatibility; feat_dir is used when data names no files
     feat_dir: Optional[Path] = None
     dataset: Optional[str] = None
     root_dir: Optional[str] = None
     data_dir: Optional[str] = None
     backbone_weight_path: Optional[str] = None
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v):
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"seeds must be distinct (each names a directory seed_<s>), got {v}")
+        return v
 
     @model_validator(mode="after")
     def _backbone_for_images(self):
@@ -274,9 +380,18 @@ class RunConfig(_Section):
                 tree = {**tree, "data": {**data, "feat_dir": tree["feat_dir"]}}
         return tree
 
+    def input_paths(self) -> list[Path]:
+        """The files and directories this config reads (data, split lists, backbone weights file)."""
+        paths = []
+        for key in INPUT_PATH_KEYS + ("backbone.weights",):
+            value = _get_dotted(self, key)
+            if value is not None and (key != "backbone.weights" or Path(value).exists()):
+                paths.append(Path(value))
+        return paths
+
     @property
     def baseline_losses(self) -> list[str]:
-        return list(self.baselines) if self.baselines else [self.regcls.loss.type]
+        return list(self.baselines) if self.baselines else ["CE", "BSM", "LA", "cRT"]
 
 
 # ----------------------------------------------------------------------------- loading
@@ -309,17 +424,63 @@ def _describe(err: dict, source: str) -> str:
     if etype == "missing":
         return f"{source}: {loc}: required key is missing"
     if etype == "literal_error":
-        key = str(err["loc"][-1])
-        supported = _expected(err)
-        if key in _NOT_IMPLEMENTED_HINTS:
-            return (f"{source}: {loc}: {got!r} is not implemented by dlsa_prod "
-                    f"(supported: {_NOT_IMPLEMENTED_HINTS[key]})")
-        return f"{source}: {loc}: got {got!r}, expected {supported}"
+        supported = (err.get("ctx") or {}).get("expected", "")
+        keys = [str(p) for p in err["loc"] if not isinstance(p, int)]
+        if got in _RESEARCH_ONLY_VALUES.get(".".join(keys[-2:]), ()):
+            return f"{source}: {loc}: {got!r} is not implemented by dlsa_prod (supported: {supported})"
+        return f"{source}: {loc}: got {got!r}, expected one of {supported}"
     expected = _expected(err)
     if expected:
         return f"{source}: {loc}: expected {expected}, got {got!r}"
     msg = err.get("msg", "invalid value").removeprefix("Value error, ")
     return f"{source}: {loc}: {msg}" if loc else f"{source}: {msg}"
+
+
+# Keys holding input paths: relative values in a config file are relative to that file's directory,
+# relative values given with --set to the current directory; the run stores them absolute.
+INPUT_PATH_KEYS = ("feat_dir", "data.feat_dir", "data.train", "data.val", "data.test", "data.images.root",
+                   "data.images.train_list", "data.images.val_list", "data.images.test_list", "data.images.train",
+                   "data.images.val", "data.images.test")
+# Output locations: relative to the current directory; the run stores them absolute.
+OUTPUT_PATH_KEYS = ("backbone.cache_dir",)
+
+
+def _get_dotted(node: Any, dotted: str) -> Any:
+    for k in dotted.split("."):
+        node = node.get(k) if isinstance(node, dict) else getattr(node, k, None)
+        if node is None:
+            return None
+    return node
+
+
+def _absolute(value: str | Path, base: Path) -> str:
+    p = Path(value).expanduser()
+    return os.path.normpath(p if p.is_absolute() else base / p)
+
+
+def _resolve_tree_paths(tree: dict, base: Path) -> None:
+    """Make the config file's relative input paths absolute against BASE (its directory), in place.
+    ``backbone.weights`` counts as a path only when such a file exists (else a torchvision weight name)."""
+    for key in INPUT_PATH_KEYS + ("backbone.weights",):
+        value = _get_dotted(tree, key)
+        if not isinstance(value, str) or not value:
+            continue
+        resolved = _absolute(value, base)
+        if key == "backbone.weights" and not Path(resolved).is_file():
+            continue
+        _set_dotted(tree, key, resolved, "<paths>")
+
+
+def _absolute_paths(cfg: "RunConfig") -> "RunConfig":
+    """Remaining relative input/output paths (from --set or a dict) become absolute against the cwd."""
+    cwd = Path.cwd()
+    for key in INPUT_PATH_KEYS + OUTPUT_PATH_KEYS:
+        value = _get_dotted(cfg, key)
+        if value is not None and not Path(value).expanduser().is_absolute():
+            parent_key, leaf = key.rsplit(".", 1) if "." in key else ("", key)
+            parent = _get_dotted(cfg, parent_key) if parent_key else cfg
+            setattr(parent, leaf, Path(_absolute(value, cwd)))
+    return cfg
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any, source: str) -> None:
@@ -342,7 +503,13 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> list[tuple[str, A
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value (e.g. gmflow.optim.lr=0.1)")
         key, raw = item.split("=", 1)
-        parsed.append((key.strip(), yaml.safe_load(raw)))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({problem}); quote it or fix the "
+                              f"brackets") from None
+        parsed.append((key.strip(), value))
     return parsed
 
 
@@ -354,20 +521,21 @@ def _drop_nulls(tree: Any) -> Any:
 
 
 def config_from_dict(tree: dict, source: str = "<config>", overrides=()) -> RunConfig:
+    """Validate a config tree; relative paths in it are relative to the cwd and come back absolute."""
     if not isinstance(tree, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
     tree = _drop_nulls(tree)
     for key, value in parse_overrides(list(overrides)):
         _set_dotted(tree, key, value, "--set")
     try:
-        return RunConfig.model_validate(tree)
+        return _absolute_paths(RunConfig.model_validate(tree))
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigError(_describe(first, source)) from None
 
 
-def load_config(path: str | Path, overrides=()) -> RunConfig:
-    """Load and validate a YAML run configuration (relative data paths are relative to the cwd)."""
+def read_config_tree(path: str | Path) -> dict:
+    """The YAML mapping in PATH (nulls dropped); one-line ConfigError when missing, empty or malformed."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -377,8 +545,23 @@ def load_config(path: str | Path, overrides=()) -> RunConfig:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
     if tree is None:
         raise ConfigError(f"{path}: file is empty")
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return _drop_nulls(tree)
+
+
+def load_config(path: str | Path, overrides=()) -> RunConfig:
+    """Load and validate a YAML run configuration.
+
+    Relative input paths in the file are relative to the file's directory, those given in
+    OVERRIDES (``--set``) to the current directory; every input/output path comes back absolute."""
+    path = Path(path)
+    tree = read_config_tree(path)
+    _resolve_tree_paths(tree, path.absolute().parent)
     return config_from_dict(tree, str(path), overrides)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from .data import FeatureSet
-from .metrics import classification_metrics, routing_share
+from .metrics import FEW_SHOT, MANY_SHOT, classification_metrics, routing_by_class, routing_share
 from .models import DLSAModel, FeatureClassifier
 
 
@@ -32,15 +32,17 @@ def classifier_predictions(model: FeatureClassifier, x: np.ndarray, device, batc
 
 
 def evaluate(model: DLSAModel, baselines: dict[str, FeatureClassifier], fs: FeatureSet, train_counts: np.ndarray,
-             device, many: int = 100, few: int = 20) -> dict:
+             device, many: int = MANY_SHOT, few: int = FEW_SHOT) -> dict:
+    """{"dlsa": metrics + routing, "plain_<name>": metrics per baseline}."""
     pred, exits = cascade_predictions(model, fs.features, device)
     dlsa = classification_metrics(fs.labels, pred, train_counts, many, few)
     dlsa["routing_share"] = routing_share(exits, model.depth)
+    dlsa["routing_by_class"] = routing_by_class(exits, fs.labels, model.depth, len(train_counts))
     # accuracy of the samples at each exit: how well each classifier does on what it receives
     dlsa["exit_accuracy"] = [float((pred[exits == d] == fs.labels[exits == d]).mean()) if (exits == d).any() else None
                              for d in range(1, model.depth + 2)]
     out = {"dlsa": dlsa}
-    for loss, clf in baselines.items():
-        out[f"plain_{loss}"] = classification_metrics(fs.labels, classifier_predictions(clf, fs.features, device),
+    for name, clf in baselines.items():
+        out[f"plain_{name}"] = classification_metrics(fs.labels, classifier_predictions(clf, fs.features, device),
                                                       train_counts, many, few)
     return out

@@ -59,7 +59,7 @@ def evaluate_feature_set(feat_dir: Path, base: dict, device: torch.device) -> di
     y_te = splits.test.labels
     q = cluster_quality(cl_te.cpu(), torch.from_numpy(y_te), flow.model.num_cluster, c, cfg.filter.min_purity,
                         cfg.filter.min_size)
-    clf = train_baseline(splits, cfg, "BSM", device, gen)
+    clf = train_baseline(splits, cfg, "BSM", device)
     m = classification_metrics(y_te, classifier_predictions(clf, splits.test.features, device), counts,
                                cfg.data.many_shot, cfg.data.few_shot)
     return {

@@ -1,11 +1,23 @@
-"""Long-tail classification metrics: overall, many/medium/few-shot, per-class, balanced, MCC, NMI."""
+"""Long-tail classification metrics: overall, many/medium/few-shot, per-class, balanced, MCC, NMI;
+per-class routing; the comparison table (best method marked, DLSA's gap to the best baseline)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+# The one definition of the shot groups: many-shot classes have more than MANY_SHOT training
+# samples, few-shot classes fewer than FEW_SHOT, medium-shot the rest (the usual ImageNet-LT split).
+MANY_SHOT = 100
+FEW_SHOT = 20
+SHOT_KEYS = ("accuracy", "many_shot", "medium_shot", "few_shot")
 
-def shot_groups(train_counts: np.ndarray, many: int = 100, few: int = 20) -> dict[str, np.ndarray]:
+
+def run_shot_thresholds(meta: dict) -> tuple[int, int]:
+    """(many, few) thresholds a run was trained with (older runs: the defaults)."""
+    return int(meta.get("many_shot", MANY_SHOT)), int(meta.get("few_shot", FEW_SHOT))
+
+
+def shot_groups(train_counts: np.ndarray, many: int = MANY_SHOT, few: int = FEW_SHOT) -> dict[str, np.ndarray]:
     """Class ids per group: many-shot (> many), few-shot (< few), medium otherwise."""
     counts = np.asarray(train_counts)
     return {"many": np.flatnonzero(counts > many), "medium": np.flatnonzero((counts <= many) & (counts >= few)),
@@ -18,7 +30,7 @@ def _mean_or_none(values: np.ndarray):
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, train_counts: np.ndarray,
-                           many: int = 100, few: int = 20) -> dict:
+                           many: int = MANY_SHOT, few: int = FEW_SHOT) -> dict:
     from sklearn.metrics import matthews_corrcoef, normalized_mutual_info_score
 
     y_true = np.asarray(y_true)
@@ -51,16 +63,71 @@ def routing_share(exit_depth: np.ndarray, depth: int) -> list[float]:
     return [float((exit_depth == d).sum()) / n for d in range(1, depth + 2)]
 
 
+def routing_by_class(exit_depth: np.ndarray, labels: np.ndarray, depth: int, num_classes: int) -> list[list]:
+    """[exit d][class c]: share of class c's samples exiting at depth d (d = depth + 1: the regular
+    classifier); None for a class without samples."""
+    exit_depth, labels = np.asarray(exit_depth), np.asarray(labels)
+    support = np.bincount(labels, minlength=num_classes)
+    rows = []
+    for d in range(1, depth + 2):
+        hits = np.bincount(labels[exit_depth == d], minlength=num_classes)
+        rows.append([float(h / s) if s else None for h, s in zip(hits, support)])
+    return rows
+
+
+def format_routing_by_class(rows: list[list]) -> str:
+    """One line per exit: 'depth 1: 12% 10% ... (class 0..C-1)'."""
+    names = [f"depth {d}" for d in range(1, len(rows))] + ["regular"]
+    cells = lambda row: " ".join("  n/a" if v is None else f"{100 * v:4.0f}%" for v in row)  # noqa: E731
+    return "\n".join(f"{n:>8}: {cells(r)}" for n, r in zip(names, rows))
+
+
+def display_name(key: str) -> str:
+    """metrics key -> table row name: "dlsa" -> "DLSA", "plain_BSM" -> "plain BSM"."""
+    return "DLSA" if key == "dlsa" else key.replace("plain_", "plain ")
+
+
 def display_rows(metrics: dict) -> dict:
-    """{"dlsa": m, "plain_BSM": m, ...} -> {"DLSA": m, "plain BSM": m, ...} for format_table."""
-    return {("DLSA" if k == "dlsa" else k.replace("plain_", "plain ")): v for k, v in metrics.items()}
+    """{"dlsa": m, "plain_BSM": m, ...} -> {"DLSA": m, "plain BSM": m, ...} for format_table
+    (entries that are not method metrics, e.g. "best_on_val", are left out)."""
+    return {display_name(k): v for k, v in metrics.items() if isinstance(v, dict) and "accuracy" in v}
 
 
-def format_table(rows: dict[str, dict], title: str = "") -> str:
-    """Plain-text metrics table; None shows as 'n/a'."""
+def best_method(val_metrics: dict, key: str = "accuracy") -> str:
+    """Metrics key of the method with the highest val `key`.  DLSA must beat every baseline
+    strictly: ties go to the first listed baseline (the simpler model)."""
+    scored = [(k, v[key]) for k, v in val_metrics.items()
+              if isinstance(v, dict) and v.get(key) is not None]
+    if not scored:
+        return "dlsa"
+    top = max(s for _, s in scored)
+    return next(k for k, s in sorted(scored, key=lambda kv: kv[0] == "dlsa") if s == top)
+
+
+def best_baseline(val_metrics: dict, key: str = "accuracy") -> str | None:
+    """Metrics key of the best baseline on val (None when there is none)."""
+    rest = {k: v for k, v in val_metrics.items() if k != "dlsa"}
+    return best_method(rest, key) if any(isinstance(v, dict) for v in rest.values()) else None
+
+
+def gap_line(metrics: dict, baseline_key: str) -> str:
+    """"DLSA - plain BSM: overall -1.23, many +0.40, medium -2.00, few -0.10 (points)"."""
+    d, b = metrics["dlsa"], metrics[baseline_key]
+    parts = []
+    for key, label in zip(SHOT_KEYS, ("overall", "many", "medium", "few")):
+        if d.get(key) is None or b.get(key) is None:
+            parts.append(f"{label} n/a")
+        else:
+            parts.append(f"{label} {100 * (d[key] - b[key]):+.2f}")
+    return f"DLSA - {display_name(baseline_key)}: " + ", ".join(parts) + " (points)"
+
+
+def format_table(rows: dict[str, dict], title: str = "", best: str | None = None) -> str:
+    """Plain-text metrics table; None shows as 'n/a'; the row named `best` is marked with '*'."""
     cols = [("accuracy", "overall"), ("many_shot", "many"), ("medium_shot", "medium"), ("few_shot", "few"),
             ("balanced_accuracy", "balanced"), ("mcc", "MCC"), ("nmi", "NMI")]
-    name_w = max([len("method")] + [len(k) for k in rows])
+    label = {name: (f"{name} *" if name == best else name) for name in rows}
+    name_w = max([len("method")] + [len(v) for v in label.values()])
     head = f"{'method':<{name_w}}  " + "  ".join(f"{h:>8}" for _, h in cols)
     lines = ([title] if title else []) + [head, "-" * len(head)]
     for name, m in rows.items():
@@ -68,5 +135,7 @@ def format_table(rows: dict[str, dict], title: str = "") -> str:
         for key, _ in cols:
             v = m.get(key)
             cells.append(f"{'n/a':>8}" if v is None else f"{100 * v:8.2f}" if key not in ("mcc", "nmi") else f"{v:8.4f}")
-        lines.append(f"{name:<{name_w}}  " + "  ".join(cells))
+        lines.append(f"{label[name]:<{name_w}}  " + "  ".join(cells))
+    if best is not None:
+        lines.append("* best on val")
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""The `train` job: data -> DLSA cascade + plain baselines -> metrics -> run directory."""
+"""The `train` job in named steps: load_data -> train_models (baselines, DLSA cascade) -> score_models
+-> save_models (run directory)."""
 
 from __future__ import annotations
 
@@ -6,21 +7,25 @@ import json
 import logging
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import __version__
+from . import __version__, distributed
 from .config import RunConfig
-from .data import load_splits
+from .data import FeatureSet, Splits, load_splits
 from .device import resolve_device
 from .evaluation import evaluate
 from .logs import close_handler, setup_logging
-from .metrics import display_rows, format_table
+from .metrics import (best_baseline, best_method, display_name, display_rows, format_routing_by_class, format_table,
+                      gap_line, routing_by_class)
+from .models import FeatureClassifier
 from .run_dir import StagingDir, save_run
-from .training import train_baseline, train_dlsa
+from .training import Baseline, DLSATrainResult, train_baselines, train_dlsa, uses_base
+from .tune import small_split_warning
 
 log = logging.getLogger("dlsa_prod")
 
@@ -32,15 +37,12 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def results_table(metrics: dict, split: str) -> str:
-    return format_table(display_rows(metrics[split]), f"{split} split (accuracy %, selected on val)")
-
-
 def run_training(cfg: RunConfig, out: Path, force: bool = False) -> dict:
-    staging = StagingDir(out, force)
+    distributed.join_for_run(cfg.device)  # torchrun: join the process group; only rank 0 writes `out`
+    staging = distributed.RankStaging(lambda: StagingDir(out, force, kind="run", protected_paths=cfg.input_paths()))
     handler = setup_logging(staging.path / "train.log")
     try:
-        with logging_redirect_tqdm(loggers=[log]):
+        with logging_redirect_tqdm(loggers=[log]), distributed.rank_context(cfg):
             metrics = _train(cfg, staging.path)
         close_handler(handler)
         staging.commit()
@@ -52,11 +54,18 @@ def run_training(cfg: RunConfig, out: Path, force: bool = False) -> dict:
     return metrics
 
 
-def _train(cfg: RunConfig, workdir: Path) -> dict:
-    t0 = time.perf_counter()
-    device = resolve_device(cfg.device)
-    generator = seed_everything(cfg.seed)
-    log.info("dlsa_prod %s, torch %s, device %s, seed %d", __version__, torch.__version__, device, cfg.seed)
+@dataclass
+class TrainedModels:
+    dlsa: DLSATrainResult
+    baselines: dict[str, Baseline]
+
+    @property
+    def baseline_models(self) -> dict[str, FeatureClassifier]:
+        return {k: v.model for k, v in self.baselines.items()}
+
+
+def load_data(cfg: RunConfig, workdir: Path, device: torch.device, generator: torch.Generator) -> tuple[Splits, dict | None]:
+    """Step 1: the train / val / test features (images: the backbone stage first) and the backbone info."""
     backbone = None
     if cfg.data.source == "images":
         from .images.stage import image_splits
@@ -68,24 +77,105 @@ def _train(cfg: RunConfig, workdir: Path) -> dict:
     log.info("data: %d train / %d val / %d test samples, dim %d, %d classes, train counts %d..%d (ratio %.1f)",
              len(splits.train), len(splits.val), len(splits.test), splits.dim, splits.num_classes,
              counts.max(), counts.min(), counts.max() / counts.min())
-    result = train_dlsa(splits, cfg, device, generator)
-    baselines = {loss: train_baseline(splits, cfg, loss, device, generator) for loss in cfg.baseline_losses}
+    return splits, backbone
+
+
+def baseline_names(cfg: RunConfig) -> list[str]:
+    names = list(cfg.baseline_losses)
+    if uses_base(cfg) and cfg.cascade.base not in names:
+        names.append(cfg.cascade.base)
+    return names
+
+
+def train_models(splits: Splits, cfg: RunConfig, device: torch.device, generator: torch.Generator) -> TrainedModels:
+    """Step 2: the baselines (each in its own random streams), then the DLSA cascade."""
+    baselines = train_baselines(splits, cfg, device, baseline_names(cfg))
+    base = baselines[cfg.cascade.base].model if uses_base(cfg) and cfg.cascade.base in baselines else None
+    return TrainedModels(train_dlsa(splits, cfg, device, generator, base), baselines)
+
+
+def best_on_val(val_metrics: dict) -> str:
+    """"dlsa" or the baseline's name ("BSM", "cRT", ...) with the highest val accuracy."""
+    return best_method(val_metrics).removeprefix("plain_")
+
+
+def score_models(models: TrainedModels, splits: Splits, cfg: RunConfig, device: torch.device,
+                 select: FeatureSet | None = None) -> dict:
+    """Step 3: val and test metrics; the best method on val (on `select` when given: a val part that
+    selected no epoch, see tune.py)."""
+    counts = splits.train_counts()
     many, few = cfg.data.many_shot, cfg.data.few_shot
-    metrics = {
-        "val": evaluate(result.model, baselines, splits.val, counts, device, many, few),
-        "test": evaluate(result.model, baselines, splits.test, counts, device, many, few),
-        "depths": result.depth_reports,
-        "train_routing_share": np.bincount(result.train_exit_depth, minlength=result.model.depth + 2)[1:].tolist(),
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
-    meta = {"dlsa_prod_version": __version__, "torch_version": torch.__version__, "dim": splits.dim,
-            "num_classes": splits.num_classes, "depth": result.model.depth, "train_class_counts": counts.tolist(),
-            "baselines": list(baselines), "seed": cfg.seed, "many_shot": many, "few_shot": few,
-            "backbone": backbone}
-    save_run(workdir, cfg, meta, result.model.cpu(), {k: v.cpu() for k, v in baselines.items()}, metrics)
-    (workdir / "history.json").write_text(json.dumps(result.histories))
-    log.info("\n%s\nrouting share (depth 1..%d, regular): %s\n", results_table(metrics, "test"), result.model.depth,
-             ", ".join(f"{100 * s:.1f}%" for s in metrics["test"]["dlsa"]["routing_share"]))
-    log.info("trained in %.1f s", metrics["seconds"])
+    model, bl = models.dlsa.model, models.baseline_models
+    metrics = {"val": evaluate(model, bl, splits.val, counts, device, many, few),
+               "test": evaluate(model, bl, splits.test, counts, device, many, few)}
+    if select is not None:
+        metrics["select"] = evaluate(model, bl, select, counts, device, many, few)
+    metrics["best_on_val"] = best_on_val(metrics["select" if select is not None else "val"])
+    warning = small_split_warning(select if select is not None else splits.val, splits.num_classes,
+                                  "between DLSA and the baselines")
+    if warning:
+        log.warning(warning)
+        metrics["small_val_warning"] = warning
+    metrics["baseline_info"] = {k: {"epoch": v.epoch, "val_accuracy": v.val_accuracy, **v.info}
+                                for k, v in models.baselines.items()}
+    metrics["depths"] = models.dlsa.depth_reports
+    metrics["train_routing_share"] = np.bincount(models.dlsa.train_exit_depth,
+                                                 minlength=model.depth + 2)[1:].tolist()
+    metrics["train_routing_by_class"] = routing_by_class(models.dlsa.train_exit_depth, splits.train.labels,
+                                                         model.depth, splits.num_classes)
     return metrics
 
+
+def comparison_report(metrics: dict, split: str = "test") -> str:
+    """The table (best on val marked), DLSA's gap to the best baseline, and the routing per class."""
+    chooser = "select" if "select" in metrics else "val"
+    best_key = best_method(metrics[chooser])
+    lines = [format_table(display_rows(metrics[split]), f"{split} split (accuracy %, selected on val)",
+                          best=display_name(best_key))]
+    top_baseline = best_baseline(metrics[chooser])
+    if top_baseline is not None:
+        lines.append(f"best baseline on val: {display_name(top_baseline)}; " + gap_line(metrics[split], top_baseline))
+        if best_key != "dlsa":
+            lines.append(f"DLSA does not beat the best baseline on val: {display_name(best_key)} is the better model "
+                         f"(meta.json best_on_val = {best_on_val(metrics[chooser])!r})")
+    d = metrics[split]["dlsa"]
+    lines.append("routing share (depth 1..%d, regular): %s" % (len(d["routing_share"]) - 1,
+                 ", ".join(f"{100 * s:.1f}%" for s in d["routing_share"])))
+    lines.append(f"routing per class ({split}, share of each class 0..C-1 exiting at each depth):")
+    lines.append(format_routing_by_class(d["routing_by_class"]))
+    return "\n".join(lines)
+
+
+def run_meta(cfg: RunConfig, splits: Splits, models: TrainedModels, backbone: dict | None, metrics: dict) -> dict:
+    return {"dlsa_prod_version": __version__, "torch_version": torch.__version__, "dim": splits.dim,
+            "num_classes": splits.num_classes, "depth": models.dlsa.model.depth,
+            "train_class_counts": splits.train_counts().tolist(), "baselines": list(models.baselines),
+            "seed": cfg.seed, "many_shot": cfg.data.many_shot, "few_shot": cfg.data.few_shot,
+            "backbone": backbone, "best_on_val": metrics["best_on_val"]}
+
+
+def save_models(workdir: Path, cfg: RunConfig, splits: Splits, models: TrainedModels, backbone: dict | None,
+                metrics: dict) -> None:
+    """Step 4: the run directory (meta.json's best_on_val names the model `export --best` ships)."""
+    save_run(workdir, cfg, run_meta(cfg, splits, models, backbone, metrics), models.dlsa.model.cpu(),
+             {k: v.cpu() for k, v in models.baseline_models.items()}, metrics)
+    (workdir / "history.json").write_text(json.dumps(models.dlsa.histories))
+
+
+def _train(cfg: RunConfig, workdir: Path) -> dict:
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    generator = seed_everything(cfg.seed)
+    log.info("dlsa_prod %s, torch %s, device %s, seed %d", __version__, torch.__version__, device, cfg.seed)
+    from .ops import gmm_path
+
+    # both change CPU results in the last bits (docs/kernels.md, reproducibility)
+    log.info("GMM op: %s; CPU threads: %d", gmm_path(device, cfg.gmflow.model.gmm_backend), torch.get_num_threads())
+    splits, backbone = load_data(cfg, workdir, device, generator)
+    models = train_models(splits, cfg, device, generator)
+    metrics = score_models(models, splits, cfg, device)
+    metrics["seconds"] = round(time.perf_counter() - t0, 2)
+    save_models(workdir, cfg, splits, models, backbone, metrics)
+    log.info("\n%s\n", comparison_report(metrics, "test"))
+    log.info("trained in %.1f s", metrics["seconds"])
+    return metrics

@@ -1,28 +1,32 @@
-"""Serving runtime for exported bundles: ONNX Runtime only, no torch import.
+"""Serving runtime for exported bundles (no torch import unless ``backend="torch"``/"tensorrt").
 
     from dlsa_prod.runtime import Runtime
-    rt = Runtime("bundle/")                  # staged layout, CPU
-    out = rt.predict(features)               # labels, probabilities, exit_depth
+    rt = Runtime("bundle/")                          # ONNX Runtime on CPU, staged layout (if present)
+    rt = Runtime("bundle/", providers=["cuda"])      # ONNX Runtime CUDA provider (TF32 off)
+    rt = Runtime("bundle/", backend="tensorrt")      # native TensorRT engines (export --trt)
+    rt = Runtime("bundle/", backend="torch")         # the PyTorch cascade, CUDA graphs on GPU
+    out = rt.predict(features)                       # labels, probabilities, exit_depth, logits
 
 ``staged`` runs the flow filter of each depth on the samples still remaining and only the
-classifier each sample exits at (gather, run, scatter); ``fused`` runs one graph that computes
-every depth for the whole batch.  ``predict`` is safe to call from many threads at once
-(sessions are shared read-only; ONNX Runtime's ``run`` is thread-safe).
+classifier each sample exits at; ``fused`` runs one graph computing every depth for the whole
+batch; ``single`` is a plain classifier bundle.  ``predict`` is safe to call from many threads at
+once, and works through large inputs in chunks of ``chunk_rows`` rows so memory stays bounded.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .backends import load_executor
+from .backends.layouts import Timer
+from .bundle_spec import BundleSpec, read_spec
 from .errors import DLSAError
-from .export.manifest import BundleError, read_manifest
+from .value_range import check_values
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+DEFAULT_CHUNK_ROWS = 16384
 
 
 @dataclass
@@ -33,148 +37,87 @@ class Prediction:
     logits: np.ndarray  # (B, C) float32
 
 
-@dataclass
-class StageTimes:
-    seconds: dict = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, name: str, dt: float) -> None:
-        with self.lock:
-            self.seconds[name] = self.seconds.get(name, 0.0) + dt
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def resolve_providers(names) -> list[str]:
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    out = []
-    for n in names or ["cpu"]:
-        p = PROVIDERS.get(n.lower(), n)
-        if p not in available:
-            raise DLSAError(f"execution provider {n!r} is not available in this onnxruntime "
-                            f"(available: {', '.join(available)}); install onnxruntime-gpu for cuda/tensorrt")
-        out.append(p)
-    if "CPUExecutionProvider" not in out:
-        out.append("CPUExecutionProvider")
-    return out
+def softmax_into(z: np.ndarray, out: np.ndarray) -> None:
+    np.subtract(z, z.max(axis=1, keepdims=True), out=out)
+    np.exp(out, out=out)
+    out /= out.sum(axis=1, keepdims=True)
 
 
 class Runtime:
-    def __init__(self, bundle: str | Path, layout: str = "staged", providers=None, threads: int = 0):
-        import onnxruntime as ort
-
-        self.bundle = Path(bundle)
-        self.manifest = read_manifest(self.bundle)
-        if layout not in self.manifest["layouts"]:
-            raise BundleError(f"{self.bundle}: layout {layout!r} not in this bundle "
-                              f"(has: {', '.join(self.manifest['layouts'])})")
-        self.layout = layout
-        self.dim = int(self.manifest["input"]["dim"])
+    def __init__(self, bundle: str | Path | BundleSpec, layout: str | None = None, providers=None, threads: int = 0,
+                 backend: str = "onnxruntime", allow_fallback: bool = False, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                 **options):
+        self.spec = bundle if isinstance(bundle, BundleSpec) else read_spec(bundle)
+        self.bundle = self.spec.path
+        self.layout = layout or ("staged" if "staged" in self.spec.layouts else self.spec.layouts[0])
+        self.spec.graphs(self.layout)  # one-line error for a layout the bundle lacks
+        if chunk_rows < 1:
+            raise DLSAError(f"chunk_rows must be a positive integer, got {chunk_rows}")
+        self.chunk_rows = int(chunk_rows)
+        self.backend = backend
+        self.dim, self.depth = self.spec.dim, self.spec.depth
+        self.num_classes = self.spec.num_classes
+        self.thresholds = np.asarray(self.spec.thresholds, dtype=np.float32)
         self.preprocess = None
-        if self.manifest["input"]["kind"] == "image":
+        if self.spec.kind == "image":
             from .images.preprocess import Preprocess
 
-            self.preprocess = Preprocess.from_dict(self.manifest["input"]["image"])
-        self.depth = int(self.manifest["depth"])
-        self.thresholds = np.asarray(self.manifest["thresholds"], dtype=np.float32)
-        self.providers = resolve_providers(providers)
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if layout == "staged":
-            # stages run one after another; idle sessions must not spin their thread pools and
-            # steal the cores from the one running (measured: 2x slower per stage with spinning)
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self.preprocess = Preprocess.from_dict(self.spec.preprocess)
+        opts = {"providers": providers, "threads": threads, "allow_fallback": allow_fallback, **options}
+        self.executor = load_executor(backend, self.spec, self.layout, opts)
+        self.stage_times = Timer()
 
-        def session(rel: str):
-            return ort.InferenceSession(str(self.bundle / rel), sess_options=opts, providers=self.providers)
+    @property
+    def manifest(self) -> dict:
+        return self.spec.manifest
 
-        if layout == "fused":
-            self._fused = session(self.manifest["layouts"]["fused"]["file"])
-        else:
-            stages = self.manifest["layouts"]["staged"]["stages"]
-            self._stages = {name: session(entry["file"]) for name, entry in stages.items()}
-        self.stage_times = StageTimes()
+    def describe(self) -> str:
+        """What actually runs: backend, provider/device, layout."""
+        return f"{self.executor.describe()} {self.layout}"
 
     def validate(self, batch) -> np.ndarray:
         if not isinstance(batch, np.ndarray):
             batch = np.asarray(batch)
         if batch.ndim != 2 or batch.shape[1] != self.dim:
             raise DLSAError(f"input must have shape (batch, {self.dim}), got {batch.shape}")
-        if batch.dtype != np.float32:
-            if batch.dtype.kind not in "fiu":
-                raise DLSAError(f"input must be numeric (float32 preferred), got dtype {batch.dtype}")
-            batch = batch.astype(np.float32)
-        if not np.isfinite(batch).all():
-            raise DLSAError("input contains NaN or inf")
-        return np.ascontiguousarray(batch)
+        if batch.dtype.kind not in "fiu":
+            raise DLSAError(f"input must be numeric (float32 preferred), got dtype {batch.dtype}")
+        return batch
 
     def predict(self, batch, profile: bool = False) -> Prediction:
         """Features (batch, dim) for a feature bundle; images for an image bundle: uint8 (N, H, W, C)
         or (N, C, H, W) (or float 0..1), preprocessed as recorded in the manifest."""
         if self.preprocess is not None:
-            return self.predict_prepared(self.preprocess.to_nchw(batch), profile)
-        return self.predict_prepared(self.validate(batch), profile)
+            batch = np.asarray(batch)
+            if batch.ndim == 3:  # one image without the batch axis
+                batch = batch[None]
+            return self._chunked(batch, batch.shape[0], lambda chunk, _: self.preprocess.to_nchw(chunk), profile)
+        batch = self.validate(batch)
+        return self._chunked(batch, batch.shape[0], self._prepare_features, profile)
+
+    def _prepare_features(self, chunk: np.ndarray, first_row: int) -> np.ndarray:
+        check_values(chunk, first_row=first_row)
+        return np.ascontiguousarray(chunk, dtype=np.float32)
 
     def predict_prepared(self, x: np.ndarray, profile: bool = False) -> Prediction:
         """Graph-ready input: float32 features, or normalised float32 NCHW images."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.shape[0] == 0:
-            c = int(self.manifest["classes"]["num_classes"])
-            return Prediction(np.zeros(0, np.int64), np.zeros((0, c), np.float32), np.zeros(0, np.int64),
-                              np.zeros((0, c), np.float32))
-        logits, exit_depth = self._run_fused(x) if self.layout == "fused" else self._run_staged(x, profile)
-        return Prediction(logits.argmax(1).astype(np.int64), _softmax(logits), exit_depth, logits)
+        x = np.asarray(x)
+        return self._chunked(x, x.shape[0], lambda chunk, _: np.ascontiguousarray(chunk, dtype=np.float32), profile)
 
-    def _run_fused(self, x):
-        name = self.manifest["layouts"]["fused"]["inputs"][0]
-        logits, _, exit_depth, _ = self._fused.run(None, {name: x})
-        return logits, exit_depth.astype(np.int64)
-
-    def _timed(self, name, fn, profile):
-        if not profile:
-            return fn()
-        t0 = time.perf_counter()
-        out = fn()
-        self.stage_times.add(name, time.perf_counter() - t0)
+    def _chunked(self, batch, n: int, prepare, profile: bool) -> Prediction:
+        """Run ``prepare(rows, first_row)`` and the executor chunk by chunk into preallocated outputs."""
+        c = self.num_classes
+        out = Prediction(np.empty(n, np.int64), np.empty((n, c), np.float32), np.empty(n, np.int64),
+                         np.empty((n, c), np.float32))
+        step = self.chunk_rows
+        if self.executor.max_rows:
+            step = min(step, self.executor.max_rows)
+        for s in range(0, n, step):
+            x = prepare(batch[s:s + step], s)
+            logits, exit_depth = self.executor.run(x, self.stage_times if profile else None)
+            e = s + x.shape[0]
+            out.logits[s:e] = logits
+            out.exit_depth[s:e] = exit_depth
+            out.labels[s:e] = logits.argmax(1)
+            softmax_into(out.logits[s:e], out.probabilities[s:e])
         return out
-
-    def _run_staged(self, x, profile=False):
-        if "backbone" in self._stages:
-            bb = self._stages["backbone"]
-            x = self._timed("backbone", lambda: bb.run(None, {"image": x})[0], profile)
-        b = x.shape[0]
-        logits = None
-        exit_depth = np.full(b, self.depth + 1, dtype=np.int64)
-        remaining = np.arange(b)
-        xr = x
-        for d in range(1, self.depth + 1):
-            if remaining.size == 0:
-                break
-            sess = self._stages[f"filter_{d}"]
-            ll, cluster = self._timed(f"filter_{d}", lambda: sess.run(None, {"x": xr}), profile)
-            out = ll >= self.thresholds[d - 1]
-            if out.any():
-                cls = self._stages[f"classifier_{d}"]
-                xo, co = np.ascontiguousarray(xr[out]), np.ascontiguousarray(cluster[out])
-                lo = self._timed(f"classifier_{d}", lambda: cls.run(None, {"x": xo, "cluster": co})[0], profile)
-                if logits is None:
-                    logits = np.empty((b, lo.shape[1]), dtype=np.float32)
-                logits[remaining[out]] = lo
-                exit_depth[remaining[out]] = d
-            remaining = remaining[~out]
-            xr = np.ascontiguousarray(xr[~out])
-        if remaining.size:
-            reg = self._stages["regular"]
-            lr = self._timed("regular", lambda: reg.run(None, {"x": xr})[0], profile)
-            if logits is None:
-                logits = np.empty((b, lr.shape[1]), dtype=np.float32)
-            logits[remaining] = lr
-        return logits, exit_depth

@@ -12,7 +12,7 @@ if [ ! -x "$NVCC" ]; then
   exit 0
 fi
 read -r TORCH_DIR CXX11_ABI SITE <<<"$(python3 -c 'import os, site, torch; print(os.path.dirname(torch.__file__), int(torch._C._GLIBCXX_USE_CXX11_ABI), site.getsitepackages()[0])')"
-INC=(-I"$TORCH_DIR/include" -I"$TORCH_DIR/include/torch/csrc/api/include" -Icsrc)
+INC=(-I"$TORCH_DIR/include" -I"$TORCH_DIR/include/torch/csrc/api/include" -Icsrc -Icsrc/include)
 # torch's CUDA headers include cuBLAS/cuSPARSE headers that pip's CUDA wheels ship
 [ -d "$SITE/nvidia/cu13/include" ] && INC+=(-I"$SITE/nvidia/cu13/include")
 OUT="$(mktemp -d)"

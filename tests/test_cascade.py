@@ -67,7 +67,85 @@ def test_failed_run_leaves_nothing(tiny_files, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(pipeline, "train_baseline", boom)
+    monkeypatch.setattr(pipeline, "train_baselines", boom)
     with pytest.raises(RuntimeError):
         run_training(cfg, tmp_path / "run")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["test.npz", "train.npz"]
+
+
+def test_cascade_options_prior_shift_mix_warm_start(tiny_files, tmp_path):
+    """The cascade options train, route per class, and are recorded; prior shift reuses the base
+    classifier with a bias shift (no training of the regular classifier)."""
+    train, test = tiny_files
+    tree = tiny_config_dict(train, test, baselines=["BSM"],
+                            cascade={"regular": "prior_shift", "mix_base": True, "warm_start": True,
+                                     "prior_temperature": 2.0, "llh_proportions": [0.2, 0.5]})
+    m = run_training(config_from_dict(tree), tmp_path / "run")
+    reg = m["depths"][-1]
+    assert reg["regular"] and reg["prior_shift"] and reg["classifier_epoch"] is None
+    assert all(d["base_mix_weight"] in (0.0, 0.25, 0.5, 0.75, 1.0) for d in m["depths"][:-1])
+    rows = m["test"]["dlsa"]["routing_by_class"]
+    assert len(rows) == len(m["depths"]) and all(len(r) == 6 for r in rows)
+    assert np.allclose(np.sum(np.array(rows, dtype=float), axis=0), 1.0)  # every class's test samples exit somewhere
+    assert m["best_on_val"] in ("dlsa", "BSM")
+    logged = (tmp_path / "run" / "train.log").read_text()
+    assert "routing per class" in logged and "best baseline on val: plain BSM; DLSA - plain BSM: overall" in logged
+
+
+def test_per_depth_proportion_and_tempered_priors():
+    from dlsa_prod.training.cascade import depth_proportion, tempered_priors
+
+    cfg = config_from_dict({"data": {"source": "digits"}, "cascade": {"llh_proportions": [0.2, 0.4]}})
+    assert [depth_proportion(cfg, d) for d in (1, 2, 3)] == [0.2, 0.4, 0.4]
+    p = torch.tensor([[0.8, 0.2, 0.0]])
+    assert torch.allclose(tempered_priors(p, 1.0), p)
+    flat = tempered_priors(p, 2.0)
+    assert torch.allclose(flat.sum(1), torch.ones(1)) and flat[0, 0] < 0.8 and flat[0, 2] == 0
+
+
+def test_mix_with_base_folds_logits():
+    """Folding (1 - w) * exit + w * base into one cluster-aided classifier equals mixing the logits."""
+    from dlsa_prod.config import ClassifierModelConfig
+    from dlsa_prod.models import FeatureClassifier
+    from dlsa_prod.training.cascade import mix_with_base, warm_state_for_exit
+
+    torch.manual_seed(0)
+    exit_clf = FeatureClassifier(5, 3, ClassifierModelConfig(inputs="XZP"))
+    base = FeatureClassifier(5, 3, ClassifierModelConfig(inputs="XZ"), uses_prior=False)
+    x, p = torch.randn(7, 5), torch.softmax(torch.randn(7, 3), 1)
+    mixed = mix_with_base(exit_clf, base, 0.25)
+    torch.testing.assert_close(mixed(x, p), 0.75 * exit_clf(x, p) + 0.25 * base(x))
+    warm = FeatureClassifier(5, 3, ClassifierModelConfig(inputs="XZP"))
+    warm.load_state_dict(warm_state_for_exit(base, warm))
+    torch.testing.assert_close(warm(x, p), base(x))  # prior columns start at zero
+
+
+def test_flow_cache_hit_reproduces_a_fresh_training(tiny_config):
+    """A reused flow (and the random streams restored after it) gives exactly the fresh result."""
+    from dlsa_prod.training import cascade
+
+    splits = load_splits(tiny_config.data, tiny_config.seed)
+    x = torch.from_numpy(splits.test.features)
+    cascade._FLOW_CACHE.clear()
+    fresh = train_dlsa(splits, tiny_config, torch.device("cpu"), seed_everything(0)).model(x)
+    assert len(cascade._FLOW_CACHE) == 2  # one flow per depth
+    reused = train_dlsa(splits, tiny_config, torch.device("cpu"), seed_everything(0)).model(x)
+    assert len(cascade._FLOW_CACHE) == 2
+    torch.testing.assert_close(reused.logits, fresh.logits, rtol=0, atol=0)
+    assert torch.equal(reused.exit_depth, fresh.exit_depth)
+
+
+def test_route_prior_is_log_route_share_minus_trained_prior():
+    """BSM-trained classifiers (uniform prior) get log(route share); plain-CE ones also lose their subset prior."""
+    from dlsa_prod.config import ClassifierConfig
+    from dlsa_prod.training.cascade import route_log_prior, route_shift
+
+    labels = np.array([0] * 9 + [1] * 3)
+    reaches = np.array([True] * 3 + [False] * 6 + [True] * 3)  # a third of class 0, all of class 1
+    expected = torch.log(torch.tensor([3.5 / 10, 3.5 / 4]))
+    torch.testing.assert_close(route_log_prior(labels, reaches, 2), expected)
+    bsm = ClassifierConfig.model_validate({"loss": {"type": "BSM"}})
+    ce = ClassifierConfig.model_validate({"loss": {"type": "CE"}})
+    y_sub = torch.tensor([0, 0, 0, 1, 1, 1])
+    torch.testing.assert_close(route_shift(bsm, y_sub, labels, reaches, 2), expected)
+    torch.testing.assert_close(route_shift(ce, y_sub, labels, reaches, 2), expected - torch.log(torch.tensor([0.5, 0.5])))

@@ -119,3 +119,59 @@ def test_overrides(tmp_path):
 def test_sampler_aliases(tmp_path):
     cfg = load_config(_write(tmp_path, DATA + "cacls: {data: {sampler: ClassAwareSampler}}\n"))
     assert cfg.cacls.data.sampler.name == "class-balanced"
+
+
+def test_literal_hints_come_from_the_fields_own_choices(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        load_config(_write(tmp_path, DATA + "cacls: {loss: {type: focal}}\n"))
+    msg = str(exc.value)
+    assert "cacls.loss.type: got 'focal', expected one of 'CE' or 'BSM'" in msg and "linear" not in msg
+    with pytest.raises(ConfigError, match=r"gmflow.loss.contrast_type: 'class_aware' is not implemented by "
+                                          r"dlsa_prod \(supported: 'soft_ce'\)"):
+        load_config(_write(tmp_path, DATA + "gmflow: {loss: {contrast_type: class_aware}}\n"))
+
+
+def test_strict_scalar_types(tmp_path):
+    with pytest.raises(ConfigError, match="gmflow.optim.epoch: expected an integer, got True"):
+        load_config(_write(tmp_path, DATA), ["gmflow.optim.epoch=true"])
+    with pytest.raises(ConfigError, match="gmflow.model.batch_norm: expected true or false, got 1"):
+        load_config(_write(tmp_path, DATA + "gmflow: {model: {batch_norm: 1}}\n"))
+    with pytest.raises(ConfigError, match="cacls.optim.lr: expected a number, got True"):
+        load_config(_write(tmp_path, DATA + "cacls: {optim: {lr: yes}}\n"))
+    # what YAML 1.1 reads as strings stays accepted for numbers (the research configs write 1e-4)
+    cfg = load_config(_write(tmp_path, DATA + "cacls: {optim: {lr: 1e-4}}\ngmflow: {optim: {grad_clip: true}}\n"))
+    assert cfg.cacls.optim.lr == 1e-4 and cfg.gmflow.optim.grad_clip is True
+
+
+def test_llh_threshold_and_proportion_are_exclusive(tmp_path):
+    with pytest.raises(ConfigError, match="filter: set only one of llh_proportion and llh_thres"):
+        load_config(_write(tmp_path, DATA + "filter: {llh_proportion: 0.3, llh_thres: -2}\n"))
+    with pytest.raises(ConfigError, match="set only one of llh_proportion and llh_thres"):
+        load_config(_write(tmp_path, DATA + "filter: {llh_proportion: 0.3}\n"), ["filter.llh_thres=-2"])
+    cfg = load_config(_write(tmp_path, DATA + "filter: {llh_proportion: 0.3}\n"),
+                      ["filter.llh_thres=-2", "filter.llh_proportion=null"])
+    assert cfg.filter.llh_thres == -2 and cfg.filter.llh_proportion is None
+
+
+def test_one_classifier_weight_decay_key(tmp_path):
+    cfg = load_config(_write(tmp_path, DATA + "cacls: {model: {weight_decay: 0.001}}\n"))
+    assert cfg.cacls.model.weight_decay == 0.001 and not hasattr(cfg.cacls.optim, "weight_decay")
+    # the old second key maps onto the research key; both set is an error, never a sum
+    cfg = load_config(_write(tmp_path, DATA + "regcls: {optim: {weight_decay: 0.002}}\n"))
+    assert cfg.regcls.model.weight_decay == 0.002
+    with pytest.raises(ConfigError, match="cacls: weight decay is set twice: use model.weight_decay only"):
+        load_config(_write(tmp_path, DATA + "cacls: {model: {weight_decay: 0.1}, optim: {weight_decay: 0.2}}\n"))
+    assert load_config(_write(tmp_path, DATA)).gmflow.optim.weight_decay == 0.0  # the flow keeps its own
+
+
+def test_relative_paths_follow_the_config_file(tmp_path, monkeypatch):
+    (tmp_path / "conf").mkdir()
+    cfg_file = _write(tmp_path / "conf", "data: {train: ../d/train.npz, test: test.npz}\n"
+                                          "backbone: {weights: resnet18_weights, cache_dir: cache}\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(cfg_file, ["data.val=v.npz"])
+    assert cfg.data.train == tmp_path / "d" / "train.npz" and cfg.data.test == tmp_path / "conf" / "test.npz"
+    assert cfg.data.val == tmp_path / "v.npz"  # --set paths: relative to the cwd
+    assert cfg.backbone.weights == "resnet18_weights"  # a torchvision weight name, not a path
+    assert cfg.backbone.cache_dir == tmp_path / "cache"  # outputs: relative to the cwd, stored absolute
+    assert set(cfg.input_paths()) == {cfg.data.train, cfg.data.test, cfg.data.val}

@@ -70,7 +70,10 @@ def test_split_checks_dim_and_label_range(tmp_path):
     with pytest.raises(DataError, match="test.npz: features have dim 5, expected 4"):
         load_splits(DataConfig(train=train, test=bad_dim), 0)
     bad_lab = write_features(tmp_path / "test2.npz", FeatureSet(np.zeros((2, 4)), np.array([0, 3])))
-    with pytest.raises(DataError, match=r"test2.npz: labels must lie in 0..2"):
+    with pytest.raises(DataError, match=r"test2.npz: labels must lie in 0..2 \(data.num_classes = 3\)"):
+        load_splits(DataConfig(train=train, test=bad_lab, num_classes=3), 0)
+    # without num_classes the train file is blamed: class 3 appears in test but never in train
+    with pytest.raises(DataError, match=r"train.npz: classes \[3\] have no training samples but appear in .*test2.npz"):
         load_splits(DataConfig(train=train, test=bad_lab), 0)
 
 
@@ -108,3 +111,15 @@ def test_digits_quickstart_split():
     assert counts.max() / counts.min() == pytest.approx(10, rel=0.15)
     assert np.bincount(test.labels).tolist() == [40] * 10
     assert train.dim == 64 and 0 <= train.features.min() and train.features.max() <= 1
+
+
+def test_one_digits_loader_behind_both_digits_sources():
+    from dlsa_prod.config import config_from_dict
+    from dlsa_prod.images.stage import read_image_sets
+
+    _, test = digits_longtail(10, 40, "exponential", seed=3)
+    cfg = config_from_dict({"seed": 3, "data": {"source": "images", "images": {"format": "digits", "test_per_class": 40}},
+                            "backbone": {}})
+    images = read_image_sets(cfg)["test"]
+    np.testing.assert_array_equal(images.labels, test.labels)  # the same balanced test split
+    np.testing.assert_allclose(images.items.reshape(len(test), -1) / 255.0, test.features, atol=0.5 / 255 + 1e-6)

@@ -128,9 +128,12 @@ def test_feature_cache_hits_and_misses(tmp_path, caplog):
     assert "cache hit" in caplog.text
     np.testing.assert_array_equal(first["train"].features, again["train"].features)
     with torch.no_grad():
-        net.head.weight.add_(0)  # head only: features unchanged, but weights are part of the key
+        net.head.weight.add_(0.5)  # head only: features unchanged, but every weight is part of the key
+    head_key = cache_key(net, prep, sets, "cifar_resnet")
+    assert head_key != key
+    with torch.no_grad():
         net.trunk.stem[0].weight.mul_(1.01)
-    assert cache_key(net, prep, sets, "cifar_resnet") != key
+    assert cache_key(net, prep, sets, "cifar_resnet") not in (key, head_key)
     sets2 = {"train": ImageSet(sets["train"].items.copy(), sets["train"].labels[::-1].copy(), "a")}
     assert cache_key(build_backbone("cifar_resnet", 1, 2), prep, sets2, "cifar_resnet") != key
 
@@ -163,11 +166,18 @@ def test_image_pipeline_end_to_end(image_run):
     assert meta["backbone"]["arch"] == "cifar_resnet" and meta["backbone"]["preprocess"]["size"] == [8, 8]
     assert (image_run / "run" / "backbone.safetensors").is_file()
     assert len(list((image_run / "cache").iterdir())) == 1
-    # a second run with the same backbone weights and data reuses the cached features
+    # the run's own backbone and data give the same key: reading the run's splits is a cache hit
+    from dlsa_prod.run_data import load_run_splits
+    from dlsa_prod.run_dir import load_run
+
+    splits = load_run_splits(load_run(image_run / "run"))
+    assert len(list((image_run / "cache").iterdir())) == 1
+    assert len(splits.test) == 200 and splits.dim == meta["dim"]
+    # a run with other backbone weights (epochs=0: untrained) misses the cache and adds an entry
     res = CliRunner().invoke(main, ["train", str(image_run / "cfg.yaml"), "--out", str(image_run / "run2"),
                                     "--set", "backbone.epochs=0"])
     assert res.exit_code == 0, res.output
-    assert len(list((image_run / "cache").iterdir())) == 2  # epochs=0 -> other weights -> new key
+    assert len(list((image_run / "cache").iterdir())) == 2
 
 
 def test_image_bundle_round_trip(image_run):
@@ -176,14 +186,22 @@ def test_image_bundle_round_trip(image_run):
 
     m = export_bundle(image_run / "run", image_run / "bundle")
     assert m["input"]["kind"] == "image" and m["input"]["image"]["size"] == [8, 8]
-    for layout in ("fused", "staged"):
-        assert m["parity"][layout]["pred_agreement"] == 1.0 and m["parity"][layout]["exit_agreement"] == 1.0
     samples = np.load(image_run / "bundle" / "samples.npy")
     assert samples.dtype == np.uint8 and samples.shape[1:] == (8, 8, 1)
     staged = Runtime(image_run / "bundle", layout="staged").predict(samples)
     fused = Runtime(image_run / "bundle", layout="fused").predict(samples.transpose(0, 3, 1, 2))
     np.testing.assert_array_equal(staged.labels, fused.labels)
     np.testing.assert_array_equal(staged.exit_depth, fused.exit_depth)
+    # independent of the export's own gate: the run's PyTorch backbone + cascade give the same answers
+    from dlsa_prod.images.stage import load_trained_backbone
+    from dlsa_prod.run_dir import load_run
+
+    run = load_run(image_run / "run")
+    net, prep = load_trained_backbone(run.path, run.meta)
+    with torch.no_grad():
+        ref = run.model(net.trunk(torch.from_numpy(prep.to_nchw(samples))))
+    np.testing.assert_array_equal(fused.labels, ref.pred.numpy())
+    np.testing.assert_array_equal(fused.exit_depth, ref.exit_depth.numpy())
     with pytest.raises(DLSAError, match="8x8 with 1 channel"):
         Runtime(image_run / "bundle").predict(np.zeros((1, 9, 9, 1), np.uint8))
     res = CliRunner().invoke(main, ["bench", str(image_run / "bundle"), "--batch", "1", "--warmup", "0.05",
@@ -199,3 +217,18 @@ def test_evaluate_features(image_run, tmp_path):
     rows = json.loads((tmp_path / "fe" / "results.json").read_text())
     assert rows[0]["dim"] == 128 and 0 <= rows[0]["train_cluster_purity"] <= 1
     assert (tmp_path / "fe" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_and_eval_on_an_image_run(image_run, tmp_path):
+    """report writes its five plots for image runs too, and eval defaults to the run's test split."""
+    res = CliRunner().invoke(main, ["report", str(image_run / "run"), "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    for png in ("per_class_accuracy.png", "routing_by_class.png", "loglik_hist.png", "confusion_by_frequency.png",
+                "cluster_purity.png"):
+        assert (tmp_path / "rep" / png).read_bytes()[:4] == b"\x89PNG", png
+    assert "200 evaluation samples" in (tmp_path / "rep" / "report.md").read_text()
+    res = CliRunner().invoke(main, ["eval", str(image_run / "run"), "--json", str(tmp_path / "m.json")])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((image_run / "run" / "metrics.json").read_text())["test"]
+    again = json.loads((tmp_path / "m.json").read_text())
+    assert again["dlsa"]["accuracy"] == pytest.approx(saved["dlsa"]["accuracy"])

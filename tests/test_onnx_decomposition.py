@@ -25,7 +25,7 @@ def test_flow_gmm_exports_to_standard_ops(tmp_path):
     model = FlowGMM(12, 9, 0.3, hidden_size=24).eval()
     x = torch.randn(5, 12)
     path = tmp_path / "gmm.onnx"
-    torch.onnx.export(_Scores(model), (x,), str(path), input_names=["x"], output_names=["loglik", "cluster"],
+    torch.onnx.export(_Scores(model).eval(), (x,), str(path), input_names=["x"], output_names=["loglik", "cluster"],
                       dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},))
     graph = onnx.load(str(path)).graph
     ops_used = {n.op_type for n in graph.node}

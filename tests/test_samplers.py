@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from dlsa_prod.training.samplers import PairSampler, epoch_batches
@@ -41,3 +42,36 @@ def test_class_balanced_epoch_batches():
     np.testing.assert_allclose(freq, 0.25, atol=0.03)
     plain = torch.cat(epoch_batches(labels, 4, 256, balanced=False, generator=torch.Generator().manual_seed(0)))
     assert sorted(plain.tolist()) == list(range(labels.numel()))
+
+
+def test_pair_sampler_draws_the_epoch_at_once_and_batches_are_its_slices():
+    labels = torch.tensor(np.repeat(np.arange(3), [50, 20, 5]))
+    a = PairSampler(labels, 3, 32, torch.Generator().manual_seed(3))
+    b = PairSampler(labels, 3, 32, torch.Generator().manual_seed(3))
+    pos, neg = a.epoch()
+    batches = list(b)
+    assert [len(p) for p, _ in batches] == [32, 32, 11]
+    assert torch.equal(torch.cat([p for p, _ in batches]), pos) and torch.equal(torch.cat([n for _, n in batches]), neg)
+    assert a.batch_bounds() == [(0, 32), (32, 64), (64, 75)]
+
+
+def test_device_generator_is_the_cpu_generator_on_cpu():
+    from dlsa_prod.training.samplers import device_generator
+
+    g = torch.Generator().manual_seed(0)
+    assert device_generator(g, "cpu") is g
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_sampling_stays_on_the_device_and_is_seeded_from_the_cpu_generator():
+    from dlsa_prod.training.samplers import device_generator
+
+    labels = torch.tensor(np.repeat(np.arange(4), [100, 30, 10, 3]), device="cuda")
+    draws = []
+    for _ in range(2):
+        g = device_generator(torch.Generator().manual_seed(5), "cuda")
+        pos, neg = PairSampler(labels, 4, 64, g, "cuda").epoch()
+        assert pos.is_cuda and neg.is_cuda
+        draws.append(pos)
+    assert torch.equal(draws[0], draws[1])
+    assert bool((labels[pos] != labels[neg]).all())

@@ -6,46 +6,29 @@
 // input `means` that requires grad is refused: the pure-torch path differentiates them).
 //
 // When a gradient will be needed the forward always materialises the (B, K) log-densities
-// (the kernels form them at no extra GEMM), saves them, and the backward reuses them instead
-// of recomputing u.mu.  The caller still gets the empty (0, K) tensor it asked for.
-// With grad mode off, or no input requiring grad, the call goes straight to the kernel.
+// (the kernels form them at no extra GEMM), saves them, and the backward (the private op
+// dlsa_prod::_gmm_loglik_bwd) reuses them instead of recomputing u.mu.  The caller still gets
+// the empty (0, K) tensor it asked for.  With grad mode off, or no input requiring grad, the
+// call goes straight to the kernel.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <optional>
-#include <tuple>
+#include <type_traits>
+
+#include "dlsa_prod/ops.h"
 
 namespace dlsa_prod {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-using FwdOut = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
-FwdOut call_fwd_kernel(const at::Tensor& u, const at::Tensor& means, const std::optional<at::Tensor>& log_det,
-                       const std::optional<at::Tensor>& mask, bool return_log_probs) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("dlsa_prod::gmm_loglik_fwd", "")
-                             .typed<FwdOut(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                           const std::optional<at::Tensor>&, bool)>();
+GmmFwdResult call_fwd_kernel(const at::Tensor& u, const at::Tensor& means, const std::optional<at::Tensor>& log_det,
+                             bool return_log_probs) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  return op.call(u, means, log_det, mask, return_log_probs);
-}
-
-std::tuple<at::Tensor, at::Tensor> call_bwd_op(const at::Tensor& grad_loglik, const std::optional<at::Tensor>& grad_lp,
-                                               const at::Tensor& u, const at::Tensor& means, const at::Tensor& loglik,
-                                               const std::optional<at::Tensor>& log_det,
-                                               const std::optional<at::Tensor>& mask,
-                                               const std::optional<at::Tensor>& log_probs) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("dlsa_prod::gmm_loglik_bwd", "")
-          .typed<std::tuple<at::Tensor, at::Tensor>(
-              const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
-              const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-              const std::optional<at::Tensor>&)>();
-  return op.call(grad_loglik, grad_lp, u, means, loglik, log_det, mask, log_probs);
+  return gmm_loglik_fwd(u, means, log_det, return_log_probs);
 }
 
 std::optional<at::Tensor> saved_optional(const at::Tensor& t) {
@@ -55,12 +38,11 @@ std::optional<at::Tensor> saved_optional(const at::Tensor& t) {
 class GMMLogLikFunction : public torch::autograd::Function<GMMLogLikFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& u, const at::Tensor& means,
-                               const std::optional<at::Tensor>& log_det, const std::optional<at::Tensor>& mask,
-                               bool return_log_probs) {
-    auto [loglik, cluster, log_probs] = call_fwd_kernel(u, means, log_det, mask, /*return_log_probs=*/true);
+                               const std::optional<at::Tensor>& log_det, bool return_log_probs) {
+    auto [loglik, cluster, log_probs] = call_fwd_kernel(u, means, log_det, /*return_log_probs=*/true);
     ctx->set_materialize_grads(false);  // an unused output's gradient stays undefined: no (B, K) zeros
     ctx->saved_data["return_log_probs"] = return_log_probs;
-    ctx->save_for_backward({u, means, loglik, log_det.value_or(at::Tensor()), mask.value_or(at::Tensor()), log_probs});
+    ctx->save_for_backward({u, means, loglik, log_det.value_or(at::Tensor()), log_probs});
     ctx->mark_non_differentiable({cluster});
     // sym sizes: torch.compile / opcheck trace this with symbolic shapes
     at::Tensor returned = return_log_probs ? log_probs : at::empty_symint({0, means.sym_size(0)}, u.options());
@@ -74,25 +56,26 @@ class GMMLogLikFunction : public torch::autograd::Function<GMMLogLikFunction> {
     std::optional<at::Tensor> grad_lp;
     // the (0, K) placeholder returned when log_probs were not asked for carries no gradient
     if (ctx->saved_data["return_log_probs"].toBool() && grads[2].defined()) grad_lp = grads[2];
-    auto [grad_u, grad_log_det] = call_bwd_op(grad_loglik, grad_lp, u, means, loglik, saved_optional(saved[3]),
-                                              saved_optional(saved[4]), saved_optional(saved[5]));
+    auto [grad_u, grad_log_det] =
+        detail::gmm_loglik_bwd(grad_loglik, grad_lp, u, means, loglik, saved_optional(saved[3]), saved_optional(saved[4]));
     const bool has_log_det = saved[3].defined();  // saved undefined when the call had none
-    return {grad_u, at::Tensor(), has_log_det ? grad_log_det : at::Tensor(), at::Tensor(), at::Tensor()};
+    return {grad_u, at::Tensor(), has_log_det ? grad_log_det : at::Tensor(), at::Tensor()};
   }
 };
 
-FwdOut gmm_loglik_fwd_autograd(const at::Tensor& u, const at::Tensor& means, const std::optional<at::Tensor>& log_det,
-                               const std::optional<at::Tensor>& mask, bool return_log_probs) {
+GmmFwdResult gmm_loglik_fwd_autograd(const at::Tensor& u, const at::Tensor& means,
+                                     const std::optional<at::Tensor>& log_det, bool return_log_probs) {
   const bool ld_grad = log_det.has_value() && log_det->defined() && log_det->requires_grad();
   if (!at::GradMode::is_enabled() || !(u.requires_grad() || ld_grad || means.requires_grad())) {
-    return call_fwd_kernel(u, means, log_det, mask, return_log_probs);
+    return call_fwd_kernel(u, means, log_det, return_log_probs);
   }
   TORCH_CHECK(!means.requires_grad(),
               "dlsa_prod::gmm_loglik_fwd: the centres are fixed buffers and get no gradient here; detach them, "
               "or use dlsa_prod.ops.gmm_loglik(..., backend='torch') for trainable centres");
-  auto out = GMMLogLikFunction::apply(u, means, log_det, mask, return_log_probs);
+  auto out = GMMLogLikFunction::apply(u, means, log_det, return_log_probs);
   return {out[0], out[1], out[2]};
 }
+static_assert(std::is_same_v<decltype(gmm_loglik_fwd_autograd), GmmFwdSignature>);
 
 }  // namespace
 

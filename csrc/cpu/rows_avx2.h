@@ -15,6 +15,7 @@
 #include <cstring>
 #include <limits>
 
+#include "../row_result.h"
 #include "vector_exp.h"
 
 namespace dlsa_prod {
@@ -52,11 +53,6 @@ DLSA_AVX2 inline __m256 exp8(__m256 x) {
   return _mm256_andnot_ps(under, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
 }
 
-DLSA_AVX2 inline __m256 active8(const bool* mask) {  // all-ones lanes where mask[j] is true
-  const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(mask));
-  return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_cvtepu8_epi32(bytes), _mm256_setzero_si256()));
-}
-
 DLSA_AVX2 inline float hsum8(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -72,24 +68,24 @@ DLSA_AVX2 inline float hmax8(__m256 v) {
 }
 
 // Forward row (see forward_row): log p_k in place, first argmax, logsumexp - log_k.
-DLSA_AVX2 void forward_row_avx2(float* __restrict__ row, const float* __restrict__ mn, const bool* __restrict__ mask,
-                                float base, int64_t k, float log_k, float* loglik, int64_t* cluster) {
+DLSA_AVX2 void forward_row_avx2(float* __restrict__ row, const float* __restrict__ mn, float base, int64_t k,
+                                float log_k, float* loglik, int64_t* cluster) {
   const float ninf = -std::numeric_limits<float>::infinity();
-  const __m256 vninf = _mm256_set1_ps(ninf), vbase = _mm256_set1_ps(base), half = _mm256_set1_ps(-0.5f);
-  __m256 vmax = vninf;
+  const __m256 vbase = _mm256_set1_ps(base), half = _mm256_set1_ps(-0.5f);
+  __m256 vmax = _mm256_set1_ps(ninf);
   const int64_t k8 = k - k % 8;
   for (int64_t j = 0; j < k8; j += 8) {
-    __m256 x = _mm256_add_ps(_mm256_fmadd_ps(_mm256_loadu_ps(mn + j), half, _mm256_loadu_ps(row + j)), vbase);
-    if (mask != nullptr) x = _mm256_blendv_ps(vninf, x, active8(mask + j));
+    const __m256 x = _mm256_add_ps(_mm256_fmadd_ps(_mm256_loadu_ps(mn + j), half, _mm256_loadu_ps(row + j)), vbase);
     _mm256_storeu_ps(row + j, x);
     vmax = _mm256_max_ps(x, vmax);  // a NaN x leaves the running max alone, as the scalar loop
   }
   float m = hmax8(vmax);
   for (int64_t j = k8; j < k; ++j) {
-    const float x = (mask == nullptr || mask[j]) ? row[j] - 0.5f * mn[j] + base : ninf;
+    const float x = row[j] - 0.5f * mn[j] + base;
     row[j] = x;
     m = x > m ? x : m;
   }
+  if (m == ninf) return store_row_result(loglik_without_finite_max(row, k), int64_t(0), loglik, cluster);
   int64_t arg = 0;
   const __m256 vm = _mm256_set1_ps(m);
   for (; arg < k8; arg += 8) {
@@ -105,28 +101,25 @@ DLSA_AVX2 void forward_row_avx2(float* __restrict__ row, const float* __restrict
   for (int64_t j = 0; j < k8; j += 8) acc = _mm256_add_ps(acc, exp8(_mm256_sub_ps(_mm256_loadu_ps(row + j), vm)));
   float s = hsum8(acc);
   for (int64_t j = k8; j < k; ++j) s += vector_exp(row[j] - m);
-  *loglik = m + std::log(s) - log_k;
-  *cluster = arg;
+  store_row_result(m + std::log(s) - log_k, arg, loglik, cluster);
 }
 
-// Backward row (see backward_row): G_j = g exp(L_j - lse) + glp_j, 0 where masked, from src
-// into dst (may be src); returns sum_j G_j.
-DLSA_AVX2 float backward_row_avx2(const float* src, float* dst, const float* __restrict__ glp,
-                                  const bool* __restrict__ mask, float lse, float g, int64_t k) {
+// Backward row (see backward_row): G_j = g exp(L_j - lse) + glp_j from src into dst (may be
+// src); returns sum_j G_j.
+DLSA_AVX2 float backward_row_avx2(const float* src, float* dst, const float* __restrict__ glp, float lse, float g,
+                                  int64_t k) {
   const __m256 vl = _mm256_set1_ps(lse), vg = _mm256_set1_ps(g);
   __m256 acc = _mm256_setzero_ps();
   const int64_t k8 = k - k % 8;
   for (int64_t j = 0; j < k8; j += 8) {
     __m256 v = _mm256_mul_ps(vg, exp8(_mm256_sub_ps(_mm256_loadu_ps(src + j), vl)));
     if (glp != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(glp + j));
-    if (mask != nullptr) v = _mm256_and_ps(v, active8(mask + j));
     _mm256_storeu_ps(dst + j, v);
     acc = _mm256_add_ps(acc, v);
   }
   float s = hsum8(acc);
   for (int64_t j = k8; j < k; ++j) {
-    float v = g * vector_exp(src[j] - lse) + (glp != nullptr ? glp[j] : 0.0f);
-    v = (mask == nullptr || mask[j]) ? v : 0.0f;
+    const float v = g * vector_exp(src[j] - lse) + (glp != nullptr ? glp[j] : 0.0f);
     dst[j] = v;
     s += v;
   }

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "../row_result.h"
 #include "gmm_kernels.h"
 
 namespace dlsa_prod {
@@ -16,9 +17,16 @@ __device__ __forceinline__ T neg_inf() {
   return -static_cast<T>(INFINITY);
 }
 
-// Online logsumexp/argmax state combine; ties keep the lower index (as torch.argmax).
+// Online logsumexp/argmax state (m: running max, s: sum of exp(x - m), arg: first argmax).
+// A NaN term makes m NaN for good (so the row's loglik is NaN); ties keep the lower index (as
+// torch.argmax).  Rows with no term above -inf keep m = -inf, s = 0.
 template <typename T>
 __device__ __forceinline__ void lse_combine(T& m, T& s, int64_t& arg, T om, T os, int64_t oa) {
+  if (isnan(m)) return;
+  if (isnan(om)) {
+    m = om;
+    return;
+  }
   if (om == neg_inf<T>()) return;
   if (m == neg_inf<T>()) {
     m = om; s = os; arg = oa;
@@ -29,25 +37,28 @@ __device__ __forceinline__ void lse_combine(T& m, T& s, int64_t& arg, T om, T os
     m = om;
     arg = oa;
   } else {
-    s = s + os * exp(om - m);
+    s = s + os * exp(om - m);  // om == m == +inf: NaN, as the rule wants
     if (om == m && oa < arg) arg = oa;
   }
 }
 
 template <typename T>
 __device__ __forceinline__ void lse_push(T& m, T& s, int64_t& arg, T x, int64_t idx) {
-  if (x > m) {
+  if (isnan(x)) {
+    m = x;
+  } else if (x > m) {
     s = (m == neg_inf<T>() ? T(0) : s * exp(m - x)) + T(1);
     m = x;
     arg = idx;
   } else if (x != neg_inf<T>()) {
-    s += exp(x - m);
+    s += exp(x - m);  // m NaN: stays NaN; x == m == +inf: NaN
   }
 }
 
+// one row's result from its final state, by the shared non-finite rule (row_result.h)
 template <typename T>
-__device__ __forceinline__ T log_k_of(const int64_t* n_active, int64_t k) {
-  return log(static_cast<T>(n_active ? *n_active : k));
+__device__ __forceinline__ void store_row(T m, T s, int64_t arg, T log_k, T* loglik, int64_t* cluster) {
+  store_row_result(m + log(s) - log_k, arg, loglik, cluster);
 }
 
 // Squared row norms of u (rows 0..B-1) and of the centres (rows B..B+K-1) in one launch,
@@ -69,8 +80,7 @@ __global__ void sq_norms_kernel(const T* __restrict__ u, int64_t b, const T* __r
 template <typename T>
 __global__ void __launch_bounds__(kThreads) gmm_fwd_tiled_kernel(
     const T* __restrict__ u, const T* __restrict__ mu, const T* __restrict__ un, const T* __restrict__ mn,
-    const T* __restrict__ ld, const bool* __restrict__ mask, int64_t B, int64_t K, int64_t D, T c,
-    T* __restrict__ log_probs, T* __restrict__ part_m, T* __restrict__ part_s, int64_t* __restrict__ part_arg) {
+    const T* __restrict__ ld, int64_t B, int64_t K, int64_t D, T c, T* __restrict__ log_probs, T* __restrict__ part_m, T* __restrict__ part_s, int64_t* __restrict__ part_arg) {
   __shared__ T As[kTileK][kTile + 1];
   __shared__ T Bs[kTileK][kTile + 1];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
@@ -118,10 +128,10 @@ __global__ void __launch_bounds__(kThreads) gmm_fwd_tiled_kernel(
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int64_t col = col0 + tx + 16 * j;
-      const bool active = col < K && (mask == nullptr || mask[col]);
-      const T x = active ? acc[i][j] - T(0.5) * mn[col] + base : neg_inf<T>();
-      if (log_probs && row_ok && col < K) log_probs[r * K + col] = x;
-      if (active) lse_push(m, s, arg, x, col);
+      if (col >= K) continue;
+      const T x = acc[i][j] - T(0.5) * mn[col] + base;
+      if (log_probs && row_ok) log_probs[r * K + col] = x;
+      lse_push(m, s, arg, x, col);
     }
 #pragma unroll
     for (int off = 8; off > 0; off /= 2) {
@@ -142,24 +152,21 @@ __global__ void __launch_bounds__(kThreads) gmm_fwd_tiled_kernel(
 template <typename T>
 __global__ void merge_partials_kernel(const T* __restrict__ part_m, const T* __restrict__ part_s,
                                       const int64_t* __restrict__ part_arg, int64_t tiles, int64_t B, int64_t K,
-                                      const int64_t* __restrict__ n_active, T* __restrict__ loglik,
-                                      int64_t* __restrict__ cluster) {
+                                      T log_k, T* __restrict__ loglik, int64_t* __restrict__ cluster) {
   const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= B) return;
   T m = neg_inf<T>(), s = 0;
   int64_t arg = K;
   for (int64_t t = 0; t < tiles; ++t) lse_combine(m, s, arg, part_m[t * B + r], part_s[t * B + r], part_arg[t * B + r]);
-  loglik[r] = m + log(s) - log_k_of<T>(n_active, K);
-  cluster[r] = arg;
+  store_row(m, s, arg, log_k, loglik + r, cluster + r);
 }
 
 // ---------------------------------------------------------------------------- GEMM-based rows
 // One warp per row over a (B, K) buffer holding u.mu; writes log p_k in place when asked.
 template <typename T>
 __global__ void fwd_rows_kernel(T* __restrict__ dot, const T* __restrict__ un, const T* __restrict__ mn,
-                                const T* __restrict__ ld, const bool* __restrict__ mask, int64_t B, int64_t K, T c,
-                                bool write, const int64_t* __restrict__ n_active, T* __restrict__ loglik,
-                                int64_t* __restrict__ cluster) {
+                                const T* __restrict__ ld, int64_t B, int64_t K, T c, bool write, T log_k,
+                                T* __restrict__ loglik, int64_t* __restrict__ cluster) {
   const int64_t r = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (r >= B) return;
@@ -168,10 +175,9 @@ __global__ void fwd_rows_kernel(T* __restrict__ dot, const T* __restrict__ un, c
   T m = neg_inf<T>(), s = 0;
   int64_t arg = K;
   for (int64_t j = lane; j < K; j += 32) {
-    const bool active = mask == nullptr || mask[j];
-    const T x = active ? row[j] - T(0.5) * mn[j] + base : neg_inf<T>();
+    const T x = row[j] - T(0.5) * mn[j] + base;
     if (write) row[j] = x;
-    if (active) lse_push(m, s, arg, x, j);
+    lse_push(m, s, arg, x, j);
   }
   for (int off = 16; off > 0; off /= 2) {
     const T om = __shfl_xor_sync(0xffffffffu, m, off);
@@ -179,41 +185,37 @@ __global__ void fwd_rows_kernel(T* __restrict__ dot, const T* __restrict__ un, c
     const int64_t oa = __shfl_xor_sync(0xffffffffu, arg, off);
     lse_combine(m, s, arg, om, os, oa);
   }
-  if (lane == 0) {
-    loglik[r] = m + log(s) - log_k_of<T>(n_active, K);
-    cluster[r] = arg;
-  }
+  if (lane == 0) store_row(m, s, arg, log_k, loglik + r, cluster + r);
 }
 
-// G_bk = g_b exp(L_bk - loglik_b - log K_active) + grad_log_probs_bk (0 where masked), read from
-// src and written to buf (may alias); rowsum_b = sum_k G_bk.  `from_dot`: src holds u.mu and L
-// is formed here, else src holds the forward's log_probs.
+// G_bk = g_b exp(L_bk - loglik_b - log K) + grad_log_probs_bk, read from src and written to buf
+// (may alias); rowsum_b = sum_k G_bk; and the u-term of grad_u, -rowsum_b u_b (the host adds
+// G mu with one GEMM, beta = 1, as the CPU kernel does).  `from_dot`: src holds u.mu and L is
+// formed here, else src holds the forward's log_probs.
 template <typename T>
 __global__ void bwd_rows_kernel(const T* src, T* buf, bool from_dot, const T* __restrict__ un,
-                                const T* __restrict__ mn, const T* __restrict__ ld, const bool* __restrict__ mask,
-                                const T* __restrict__ grad_ll, const T* __restrict__ glp, const T* __restrict__ loglik,
-                                int64_t B, int64_t K, T c, const int64_t* __restrict__ n_active,
-                                T* __restrict__ rowsum) {
+                                const T* __restrict__ mn, const T* __restrict__ ld, const T* __restrict__ grad_ll,
+                                const T* __restrict__ glp, const T* __restrict__ loglik, const T* __restrict__ u,
+                                int64_t B, int64_t K, int64_t D, T c, T log_k, T* __restrict__ rowsum,
+                                T* __restrict__ grad_u) {
   const int64_t r = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (r >= B) return;
   const T* in = src + r * K;
   T* row = buf + r * K;
   const T base = from_dot ? c - T(0.5) * un[r] + (ld ? ld[r] : T(0)) : T(0);
-  const T lse = loglik[r] + log_k_of<T>(n_active, K);
+  const T lse = loglik[r] + log_k;
   const T g = grad_ll[r];
   T acc = 0;
   for (int64_t j = lane; j < K; j += 32) {
-    T v = 0;
-    if (mask == nullptr || mask[j]) {
-      const T l = from_dot ? in[j] - T(0.5) * mn[j] + base : in[j];
-      v = g * exp(l - lse) + (glp ? glp[r * K + j] : T(0));
-    }
+    const T l = from_dot ? in[j] - T(0.5) * mn[j] + base : in[j];
+    const T v = g * exp(l - lse) + (glp ? glp[r * K + j] : T(0));
     row[j] = v;
     acc += v;
   }
-  for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);  // every lane: the sum
   if (lane == 0) rowsum[r] = acc;
+  for (int64_t d = lane; d < D; d += 32) grad_u[r * D + d] = -acc * u[r * D + d];
 }
 
 }  // namespace
@@ -226,40 +228,39 @@ void launch_sq_norms(const T* u, int64_t b, const T* mu, int64_t k, int64_t dim,
 }
 
 template <typename T>
-void launch_fwd_tiled(const T* u, const T* mu, const T* un, const T* mn, const T* ld, const bool* mask, int64_t b,
-                      int64_t k, int64_t dim, T c, T* log_probs, T* part_m, T* part_s, int64_t* part_arg,
-                      const int64_t* n_active, T* loglik, int64_t* cluster, cudaStream_t stream) {
+void launch_fwd_tiled(const T* u, const T* mu, const T* un, const T* mn, const T* ld, int64_t b, int64_t k, int64_t dim,
+                      T c, T log_k, T* log_probs, T* part_m, T* part_s, int64_t* part_arg, T* loglik, int64_t* cluster,
+                      cudaStream_t stream) {
   const int64_t tiles = (k + kTile - 1) / kTile;
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>((b + kTile - 1) / kTile));
-  gmm_fwd_tiled_kernel<T><<<grid, kThreads, 0, stream>>>(u, mu, un, mn, ld, mask, b, k, dim, c, log_probs, part_m,
-                                                          part_s, part_arg);
+  gmm_fwd_tiled_kernel<T><<<grid, kThreads, 0, stream>>>(u, mu, un, mn, ld, b, k, dim, c, log_probs, part_m, part_s,
+                                                          part_arg);
   merge_partials_kernel<T><<<(b + kThreads - 1) / kThreads, kThreads, 0, stream>>>(part_m, part_s, part_arg, tiles, b,
-                                                                                   k, n_active, loglik, cluster);
+                                                                                   k, log_k, loglik, cluster);
 }
 
 template <typename T>
-void launch_fwd_rows(T* dot, const T* un, const T* mn, const T* ld, const bool* mask, int64_t b, int64_t k, T c,
-                     bool write, const int64_t* n_active, T* loglik, int64_t* cluster, cudaStream_t stream) {
-  fwd_rows_kernel<T><<<warp_blocks(b), kThreads, 0, stream>>>(dot, un, mn, ld, mask, b, k, c, write, n_active, loglik,
-                                                              cluster);
+void launch_fwd_rows(T* dot, const T* un, const T* mn, const T* ld, int64_t b, int64_t k, T c, T log_k, bool write,
+                     T* loglik, int64_t* cluster, cudaStream_t stream) {
+  fwd_rows_kernel<T><<<warp_blocks(b), kThreads, 0, stream>>>(dot, un, mn, ld, b, k, c, write, log_k, loglik, cluster);
 }
 
 template <typename T>
-void launch_bwd_rows(const T* src, T* buf, bool from_dot, const T* un, const T* mn, const T* ld, const bool* mask,
-                     const T* grad_ll, const T* glp, const T* loglik, int64_t b, int64_t k, T c,
-                     const int64_t* n_active, T* rowsum, cudaStream_t stream) {
-  bwd_rows_kernel<T><<<warp_blocks(b), kThreads, 0, stream>>>(src, buf, from_dot, un, mn, ld, mask, grad_ll, glp,
-                                                              loglik, b, k, c, n_active, rowsum);
+void launch_bwd_rows(const T* src, T* buf, bool from_dot, const T* un, const T* mn, const T* ld, const T* grad_ll,
+                     const T* glp, const T* loglik, const T* u, int64_t b, int64_t k, int64_t dim, T c, T log_k,
+                     T* rowsum, T* grad_u, cudaStream_t stream) {
+  bwd_rows_kernel<T><<<warp_blocks(b), kThreads, 0, stream>>>(src, buf, from_dot, un, mn, ld, grad_ll, glp, loglik, u,
+                                                              b, k, dim, c, log_k, rowsum, grad_u);
 }
 
 #define DLSA_INSTANTIATE(T)                                                                                        \
   template void launch_sq_norms<T>(const T*, int64_t, const T*, int64_t, int64_t, T*, T*, cudaStream_t);           \
-  template void launch_fwd_tiled<T>(const T*, const T*, const T*, const T*, const T*, const bool*, int64_t, int64_t, \
-                                    int64_t, T, T*, T*, T*, int64_t*, const int64_t*, T*, int64_t*, cudaStream_t);   \
-  template void launch_fwd_rows<T>(T*, const T*, const T*, const T*, const bool*, int64_t, int64_t, T, bool,        \
-                                   const int64_t*, T*, int64_t*, cudaStream_t);                                     \
-  template void launch_bwd_rows<T>(const T*, T*, bool, const T*, const T*, const T*, const bool*, const T*,         \
-                                   const T*, const T*, int64_t, int64_t, T, const int64_t*, T*, cudaStream_t);
+  template void launch_fwd_tiled<T>(const T*, const T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, T, \
+                                    T, T*, T*, T*, int64_t*, T*, int64_t*, cudaStream_t);                           \
+  template void launch_fwd_rows<T>(T*, const T*, const T*, const T*, int64_t, int64_t, T, T, bool, T*, int64_t*,    \
+                                   cudaStream_t);                                                                   \
+  template void launch_bwd_rows<T>(const T*, T*, bool, const T*, const T*, const T*, const T*, const T*, const T*,  \
+                                   const T*, int64_t, int64_t, int64_t, T, T, T*, T*, cudaStream_t);
 DLSA_INSTANTIATE(float)
 DLSA_INSTANTIATE(double)
 #undef DLSA_INSTANTIATE

@@ -19,20 +19,20 @@ void launch_sq_norms(const T* u, int64_t b, const T* mu, int64_t k, int64_t dim,
 
 // tiled forward: part_* are (ceil(k / kTile), b) scratch; log_probs may be null
 template <typename T>
-void launch_fwd_tiled(const T* u, const T* mu, const T* un, const T* mn, const T* ld, const bool* mask, int64_t b,
-                      int64_t k, int64_t dim, T c, T* log_probs, T* part_m, T* part_s, int64_t* part_arg,
-                      const int64_t* n_active, T* loglik, int64_t* cluster, cudaStream_t stream);
+void launch_fwd_tiled(const T* u, const T* mu, const T* un, const T* mn, const T* ld, int64_t b, int64_t k, int64_t dim,
+                      T c, T log_k, T* log_probs, T* part_m, T* part_s, int64_t* part_arg, T* loglik, int64_t* cluster,
+                      cudaStream_t stream);
 
 // row epilogue over a (b, k) buffer of dot products (written as log_probs when `write`)
 template <typename T>
-void launch_fwd_rows(T* dot, const T* un, const T* mn, const T* ld, const bool* mask, int64_t b, int64_t k, T c,
-                     bool write, const int64_t* n_active, T* loglik, int64_t* cluster, cudaStream_t stream);
+void launch_fwd_rows(T* dot, const T* un, const T* mn, const T* ld, int64_t b, int64_t k, T c, T log_k, bool write,
+                     T* loglik, int64_t* cluster, cudaStream_t stream);
 
-// backward rows: G into buf (may alias src) and its row sums
+// backward rows: G into buf (may alias src), its row sums, and grad_u = -rowsum * u (b, dim)
 template <typename T>
-void launch_bwd_rows(const T* src, T* buf, bool from_dot, const T* un, const T* mn, const T* ld, const bool* mask,
-                     const T* grad_ll, const T* glp, const T* loglik, int64_t b, int64_t k, T c,
-                     const int64_t* n_active, T* rowsum, cudaStream_t stream);
+void launch_bwd_rows(const T* src, T* buf, bool from_dot, const T* un, const T* mn, const T* ld, const T* grad_ll,
+                     const T* glp, const T* loglik, const T* u, int64_t b, int64_t k, int64_t dim, T c, T log_k,
+                     T* rowsum, T* grad_u, cudaStream_t stream);
 
 }  // namespace cuda_kernels
 }  // namespace dlsa_prod

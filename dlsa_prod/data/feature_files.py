@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +32,20 @@ def _read_hdf5(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not a readable .npz file (not a zip archive: truncated, corrupted or another format)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in ("features", "labels") if k not in npz.files]
             if missing:
                 raise DataError(f"{path}: missing array(s) {', '.join(missing)} (found: {', '.join(npz.files) or 'none'})")
             return npz["features"], npz["labels"]
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise DataError(f"{path}: holds object arrays, which are not loaded (they could run code); "
+                            f"save plain numeric arrays") from None
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc})") from None
 
 
@@ -55,7 +64,8 @@ def read_features(path: str | Path, num_classes: int | None = None, dim: int | N
     else:
         raise DataError(f"{path}: unknown feature file type {suffix!r} (use .h5, .hdf5 or .npz)")
     if not np.issubdtype(labels.dtype, np.integer):
-        if np.issubdtype(labels.dtype, np.floating) and np.all(np.mod(labels, 1) == 0):
+        if (np.issubdtype(labels.dtype, np.floating) and np.all(np.isfinite(labels))
+                and np.all(np.mod(labels, 1) == 0) and np.all(np.abs(labels) < 2**53)):
             labels = labels.astype(np.int64)
         else:
             raise DataError(f"{path}: labels must be integers, got dtype {labels.dtype}")

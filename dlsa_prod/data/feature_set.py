@@ -52,4 +52,7 @@ class FeatureSet:
         return self
 
     def class_counts(self, num_classes: int) -> np.ndarray:
+        if len(self) and (self.labels.min() < 0 or self.labels.max() >= num_classes):
+            raise DataError(f"{self.source}: labels must lie in 0..{num_classes - 1}, "
+                            f"found {int(self.labels.min())}..{int(self.labels.max())}")
         return np.bincount(self.labels, minlength=num_classes).astype(np.int64)

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import DataError
+from .classes import check_train_classes, num_classes_of
 from .digits import digits_longtail
 from .feature_files import RESEARCH_FILES, read_features
 from .feature_set import FeatureSet
@@ -51,14 +52,10 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     else:
         train_p, val_p, test_p = _paths(cfg)
         train = read_features(train_p)
-        c = int(train.labels.max()) + 1  # test/val are checked against the train split's classes
-        test = read_features(test_p, c, train.dim)
-        val = read_features(val_p, c, train.dim) if val_p else None
-    num_classes = int(train.labels.max()) + 1
-    missing = np.flatnonzero(train.class_counts(num_classes) == 0)
-    if missing.size:
-        raise DataError(f"{train.source}: classes {missing[:10].tolist()} have no training samples "
-                        f"(labels must be 0..C-1 with every class present)")
+        test = read_features(test_p, dim=train.dim)
+        val = read_features(val_p, dim=train.dim) if val_p else None
+    num_classes = num_classes_of(train, [s for s in (val, test) if s is not None], cfg.num_classes)
+    check_train_classes(train.class_counts(num_classes), train.source, [s for s in (val, test) if s is not None])
     if val is None:
         train, val = carve_val(train, num_classes, cfg.val_per_class, cfg.val_max_fraction, seed)
     return Splits(train, val, test, num_classes)

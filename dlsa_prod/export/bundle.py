@@ -1,51 +1,145 @@
-"""Export a trained run into a deployable bundle, gated by a parity check.
+"""Export a trained run into a deployable bundle, gated by parity checks (format: ``dlsa_prod.bundle_spec``).
 
-Layout of a bundle::
+Steps, all inside a staging directory ``.NAME.exporting-PID`` next to the target:
 
-    manifest.json            format/versions, input spec, classes, thresholds, layouts, sha256, parity
-    fused.onnx               every depth for the whole batch, exit selected with masks
-    staged/filter_<d>.onnx   flow + GMM of depth d -> loglik, cluster
-    staged/classifier_<d>.onnx   cluster-aided classifier of depth d (x, cluster -> logits)
-    staged/regular.onnx      regular classifier
-    samples.npy              validation features (up to 1024) for `dlsa-prod bench`
+1. the graphs of each layout (fused / staged, or single for a baseline), each carrying the
+   manifest's depth, thresholds, classes and source in its ONNX metadata_props;
+2. samples.npy (validation inputs for bench) and, for feature bundles, the run's weights for the
+   torch backend;
+3. manifest.json, then the parity gate: ONNX Runtime and the torch backend against the PyTorch model;
+4. with ``trt``: native TensorRT engines for the staged graphs (and fused), their own parity gate;
+5. rename into place.  Any failure leaves the previous bundle untouched and no staging directory.
 
-Everything is written into a temporary directory next to the target, checked, and renamed into
-place: an export that fails (parity included) leaves no bundle.
+``--force`` replaces only a bundle this package wrote (``run_dir`` marker), never the run it is
+exported from, the current directory or a directory holding an input.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
-import os
-import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import __version__
-from ..data import load_splits, read_features
+from ..bundle_spec import (BACKBONE, BUNDLE_KIND, DEFAULT_BATCH_PROFILE, FORMAT, FORMAT_VERSION, FUSED, LAYOUTS,
+                           SINGLE, BundleSpec, GraphSpec, graph_metadata, hash_files, onnx_io, read_spec,
+                           sha256_file, write_manifest)
 from ..errors import DLSAError
 from ..metrics import shot_groups
-from ..run_dir import load_run
-from .graphs import BackboneGraph, FusedGraph, ImageInput, staged_graphs
-from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, sha256_file
-from .onnx_export import OPSET, export_onnx
-from .parity import ParityError, compare, passed, reference
+from ..run_dir import StagingDir, check_replaceable, load_run
+from .graphs import BackboneGraph, FusedGraph, ImageInput, RegularGraph, staged_graphs
+from .onnx_export import OPSET, embed_metadata, export_onnx
+from .parity import (MAX_VALIDATION, RANDOM_IMAGES, VALIDATION_IMAGES, ParityError, ParityInputs, compare,
+                     feature_inputs, passed, reference, routing_report)
 
 log = logging.getLogger("dlsa_prod")
-LAYOUTS = ("fused", "staged")
-MAX_SAMPLES = 1024
+DLSA = "dlsa"
 
 
-def parity_inputs(val: np.ndarray, n_random: int = 64, seed: int = 0) -> np.ndarray:
-    """Validation features plus random inputs drawn with their per-dimension mean and std."""
-    rng = np.random.default_rng(seed)
-    mean, std = val.mean(0), val.std(0) + 1e-6
-    rand = (mean + std * rng.standard_normal((n_random, val.shape[1]))).astype(np.float32)
-    return np.concatenate([val.astype(np.float32), rand])
+@dataclass
+class TrtOptions:
+    """``--trt``: native TensorRT engines built into the bundle before it is renamed into place."""
+    batches: list[int] = field(default_factory=lambda: [1, 64, 256])
+    precision: str = "fp32"
+    workspace: int = 2 << 30
+    memory: object = None  # device-memory seam (tests: HostMemory); default torch CUDA
+
+
+def resolve_model(run_meta: dict, best: bool, model: str | None, meta_file: Path) -> str:
+    """Which model to export: DLSA, a named baseline, or (``best``) the one meta.json names best on val."""
+    if best:
+        name = run_meta.get("best_on_val")
+        if not isinstance(name, str) or not name:
+            raise DLSAError(f"{meta_file}: has no best_on_val entry (re-train with this version, or export without --best)")
+    else:
+        name = model or DLSA
+    if name != DLSA and name not in run_meta.get("baselines", []):
+        raise DLSAError(f"{meta_file}: {name!r} is neither 'dlsa' nor one of the run's baselines "
+                        f"({', '.join(run_meta.get('baselines', [])) or 'none'})")
+    return name
+
+
+def check_options(layouts, trt: TrtOptions | None, triton: bool) -> None:
+    """Option combinations, checked before any export work starts."""
+    bad = [lay for lay in layouts if lay not in LAYOUTS]
+    if bad or not layouts:
+        raise DLSAError(f"unknown layout(s) {bad or list(layouts)}; choose from fused, staged")
+    if trt is not None:
+        if "staged" not in layouts and SINGLE not in layouts:
+            raise DLSAError("--trt builds engines for the staged graphs: export with --layout staged or both")
+        from ..backends.device_memory import default_memory
+        from ..backends.tensorrt_build import PRECISIONS, batch_profile, import_tensorrt
+
+        if trt.precision not in PRECISIONS:
+            raise DLSAError(f"--precision must be one of {', '.join(PRECISIONS)}, got {trt.precision!r}")
+        batch_profile(trt.batches)
+        import_tensorrt()
+        if trt.memory is None:
+            trt.memory = default_memory()  # one line when no GPU is visible
+    if triton and FUSED not in layouts and SINGLE not in layouts:
+        raise DLSAError("--triton serves the fused graph: export with --layout fused or both")
+
+
+def export_bundle(run_dir: str | Path, out: str | Path, layouts=("fused", "staged"), features: str | Path | None = None,
+                  force: bool = False, class_names: list[str] | None = None, model: str | None = None,
+                  best: bool = False, trt: TrtOptions | None = None, triton: bool = False,
+                  _after_export=None) -> dict:
+    """Write a bundle for RUN_DIR at OUT; return its manifest.  ``_after_export(staging)`` is a test
+    hook called between graph export and the parity gate."""
+    out, run_dir = Path(out), Path(run_dir)
+    layouts = tuple(layouts)
+    check_options(layouts, trt, triton)
+    check_replaceable(out, BUNDLE_KIND, [run_dir, features], force)
+    run = load_run(run_dir, "cpu")
+    name = resolve_model(run.meta, best, model, run_dir / "meta.json")
+    if name != DLSA:
+        layouts = (SINGLE,)
+        check_options(layouts, trt, triton)
+    image = _image_parts(run) if run.meta.get("backbone") else None
+    if class_names is None and run.meta.get("backbone"):
+        class_names = run.meta["backbone"].get("class_names")  # ImageFolder class names, when known
+    inputs = image["parity"] if image else _feature_parity_inputs(run, features)
+    with StagingDir(out, force, kind=BUNDLE_KIND, tag="exporting", protected_paths=[run_dir, features]) as staging:
+        manifest = _write(staging.path, run, name, layouts, inputs, class_names, image, trt, _after_export)
+        staging.commit()
+    log.info("bundle written to %s (%s)", out, ", ".join(layouts))
+    return manifest
+
+
+def _feature_parity_inputs(run, features) -> ParityInputs:
+    from ..data import load_splits, read_features
+
+    if features is not None:
+        fs = read_features(features, run.meta["num_classes"], run.meta["dim"])
+    else:
+        try:
+            fs = load_splits(run.cfg.data, run.cfg.seed).val
+        except DLSAError as exc:
+            raise DLSAError(f"cannot load the run's validation features for the parity gate ({exc}); "
+                            f"pass --features FILE") from None
+    return feature_inputs(fs.features, fs.labels)
+
+
+def _image_parts(run) -> dict:
+    """Backbone trunk, preprocessing, bench samples and parity inputs of an image run."""
+    from ..images.backbone_stage import load_uint8
+    from ..images.stage import load_trained_backbone, read_image_sets
+
+    info = run.meta["backbone"]
+    backbone, prep = load_trained_backbone(run.path, run.meta)
+    try:
+        val = read_image_sets(run.cfg)["val"]
+    except DLSAError as exc:
+        raise DLSAError(f"cannot read the run's validation images for the parity gate ({exc})") from None
+    samples = np.ascontiguousarray(load_uint8(val, np.arange(min(len(val), MAX_VALIDATION)), prep))
+    rand = np.random.default_rng(0).integers(0, 256, (RANDOM_IMAGES, *prep.size, prep.channels), dtype=np.uint8)
+    x = prep.to_nchw(np.concatenate([samples[:VALIDATION_IMAGES], rand]))
+    return {"trunk": backbone.trunk.eval(), "prep": prep, "samples": samples, "dim": int(info["dim"]),
+            "parity": ParityInputs(x, RANDOM_IMAGES)}
 
 
 def _versions() -> dict:
@@ -56,135 +150,145 @@ def _versions() -> dict:
             "onnxruntime": onnxruntime.__version__, "opset": OPSET}
 
 
-def export_bundle(run_dir: str | Path, out: str | Path, layouts=LAYOUTS, features: str | Path | None = None,
-                  force: bool = False, class_names: list[str] | None = None, _after_export=None) -> dict:
-    """Write a bundle for RUN_DIR at OUT; return its manifest.  ``_after_export(tmpdir)`` is a
-    test hook called between graph export and the parity gate."""
-    out = Path(out)
-    if out.exists() and not force:
-        raise DLSAError(f"{out}: bundle directory exists (use --force to replace it)")
-    bad = [lay for lay in layouts if lay not in LAYOUTS]
-    if bad or not layouts:
-        raise DLSAError(f"unknown layout(s) {bad or layouts}; choose from {', '.join(LAYOUTS)}")
-    run = load_run(run_dir, "cpu")
-    model = run.model.eval()
+def _header(run, name: str, class_names, image, batch: dict) -> dict:
     meta = run.meta
-    image = _image_parts(run) if meta.get("backbone") else None
-    if class_names is None and meta.get("backbone"):
-        class_names = meta["backbone"].get("class_names")  # ImageFolder class names, when known
-    if image is not None:
-        val, xs = image["samples"], image["inputs"]
-    elif features is not None:
-        val = read_features(features, meta["num_classes"], meta["dim"]).features
-        xs = parity_inputs(val)
-    else:
-        try:
-            val = load_splits(run.cfg.data, run.cfg.seed).val.features
-        except DLSAError as exc:
-            raise DLSAError(f"cannot load the run's validation features for the parity gate ({exc}); "
-                            f"pass --features FILE") from None
-        xs = parity_inputs(val)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.exporting-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        manifest = _write(tmp, model, meta, layouts, val, xs, class_names, _after_export, image)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("bundle written to %s (%s)", out, ", ".join(layouts))
-    return manifest
-
-
-def _image_parts(run) -> dict:
-    """Backbone trunk, preprocessing and parity inputs (val images + random images) of an image run."""
-    from ..images.backbone_stage import load_uint8
-    from ..images.stage import load_trained_backbone, read_image_sets
-
-    info = run.meta["backbone"]
-    backbone, prep = load_trained_backbone(run.path, run.meta)
-    try:
-        val = read_image_sets(run.cfg)["val"]
-    except DLSAError as exc:
-        raise DLSAError(f"cannot read the run's validation images for the parity gate ({exc})") from None
-    samples = np.ascontiguousarray(load_uint8(val, np.arange(min(len(val), MAX_SAMPLES)), prep))
-    rand = np.random.default_rng(0).integers(0, 256, (32, *prep.size, prep.channels), dtype=np.uint8)
-    inputs = prep.to_nchw(np.concatenate([samples[:256], rand]))
-    return {"trunk": backbone.trunk.eval(), "prep": prep, "samples": samples, "inputs": inputs,
-            "dim": int(info["dim"])}
-
-
-def _write(tmp: Path, model, meta: dict, layouts, val, xs, class_names, after_export, image=None) -> dict:
-    example = torch.from_numpy(xs[:4])
-    entries = {}
-    inp = "image" if image else "x"
-    if "fused" in layouts:
-        fused = ImageInput(image["trunk"], FusedGraph(model)) if image else FusedGraph(model)
-        export_onnx(fused, (example,), tmp / "fused.onnx", [inp], ["logits", "pred", "exit_depth", "loglik"])
-        entries["fused"] = {"file": "fused.onnx", "inputs": [inp],
-                            "outputs": ["logits", "pred", "exit_depth", "loglik"]}
-    if "staged" in layouts:
-        (tmp / "staged").mkdir()
-        stages = {}
-        graphs = staged_graphs(model)
-        if image:
-            export_onnx(BackboneGraph(image["trunk"]), (example,), tmp / "staged" / "backbone.onnx", ["image"], ["x"])
-            stages["backbone"] = {"file": "staged/backbone.onnx", "inputs": ["image"], "outputs": ["x"]}
-            with torch.no_grad():
-                example = image["trunk"](example)
-        for name, (module, ins, outs) in graphs.items():
-            args = (example,) if ins == ("x",) else (example, model.stages[0].route(example)[1])
-            export_onnx(module, args, tmp / "staged" / f"{name}.onnx", ins, outs)
-            stages[name] = {"file": f"staged/{name}.onnx", "inputs": list(ins), "outputs": list(outs)}
-        entries["staged"] = {"stages": stages}
-    samples = val[:MAX_SAMPLES] if image else val[:MAX_SAMPLES].astype(np.float32)
-    np.save(tmp / "samples.npy", samples)
-    if after_export is not None:
-        after_export(tmp)
     counts = np.asarray(meta["train_class_counts"])
-    groups = shot_groups(counts, meta.get("many_shot", 100), meta.get("few_shot", 20))
-    manifest = {
+    groups = shot_groups(counts, *[meta[k] for k in ("many_shot", "few_shot") if k in meta])
+    dlsa = name == DLSA
+    return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
-        "input": ({"kind": "image", "dim": image["dim"], "dtype": "float32",
-                   "image": {**image["prep"].to_dict(), "accepts": "uint8 (N, H, W, C) or (N, C, H, W), or float 0..1",
-                             "graph_input": "normalised float32 (N, C, H, W)"}}
+        "source": {"model": name, "run_meta_sha256": sha256_file(run.path / "meta.json")},
+        "input": ({"kind": "image", "dim": image["dim"], "dtype": "float32", "image": image["prep"].to_dict()}
                   if image else {"kind": "features", "dim": int(meta["dim"]), "dtype": "float32", "image": None}),
         "classes": {"num_classes": int(meta["num_classes"]), "names": class_names,
                     "train_counts": counts.tolist(), "shot_groups": {k: v.tolist() for k, v in groups.items()}},
-        "depth": model.depth, "thresholds": model.thresholds, "layouts": entries,
-        "files": {}, "samples": "samples.npy", "parity": {}, "tensorrt": None,
+        "depth": run.model.depth if dlsa else 0, "thresholds": run.model.thresholds if dlsa else [],
+        "layouts": {}, "files": {}, "samples": None, "torch": None, "parity": {},
+        "serving": {"batch_profile": dict(batch)}, "engines": None,
     }
-    manifest["files"] = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    manifest["parity"] = _gate(tmp, model, layouts, xs, image)
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def _export_graph(module, example, staging: Path, rel: str, ins, outs, header: dict, layout: str, name: str) -> dict:
+    path = staging / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    export_onnx(module, example, path, ins, outs)
+    embed_metadata(path, graph_metadata(header, layout, name))
+    inputs, outputs, _ = onnx_io(path)
+    return GraphSpec(name, rel, tuple(inputs), tuple(outputs)).to_dict()
+
+
+def _graphs(staging: Path, run, name: str, layouts, header: dict, x_example, image) -> dict:
+    model = run.model.eval()
+    example = torch.from_numpy(x_example[:4])
+    inp = "image" if image else "x"
+    trunk = image["trunk"] if image else None
+    out = {}
+    if name != DLSA:
+        module = RegularGraph(run.baselines[name])
+        module = ImageInput(trunk, module) if image else module
+        out[SINGLE] = {"graphs": {SINGLE: _export_graph(module, (example,), staging, "single.onnx", [inp], ["logits"],
+                                                         header, SINGLE, SINGLE)}}
+        return out
+    if FUSED in layouts:
+        module = ImageInput(trunk, FusedGraph(model)) if image else FusedGraph(model)
+        out[FUSED] = {"graphs": {FUSED: _export_graph(module, (example,), staging, "fused.onnx", [inp],
+                                                       ["logits", "pred", "exit_depth", "loglik"], header, FUSED, FUSED)}}
+    if "staged" in layouts:
+        graphs = {}
+        feats = example
+        if image:
+            graphs[BACKBONE] = _export_graph(BackboneGraph(trunk), (example,), staging, "staged/backbone.onnx",
+                                             ["image"], ["x"], header, "staged", BACKBONE)
+            with torch.no_grad():
+                feats = trunk(example)
+        for gname, (module, ins, outs) in staged_graphs(model).items():
+            args = (feats,) if len(ins) == 1 else (feats, model.stages[0].route(feats)[1])
+            graphs[gname] = _export_graph(module, args, staging, f"staged/{gname}.onnx", ins, outs, header,
+                                          "staged", gname)
+        out["staged"] = {"graphs": graphs}
+    return out
+
+
+def _write(staging: Path, run, name, layouts, inputs: ParityInputs, class_names, image, trt, after_export) -> dict:
+    from ..backends.tensorrt_build import batch_profile
+
+    batch = batch_profile(trt.batches) if trt else dict(DEFAULT_BATCH_PROFILE)
+    manifest = _header(run, name, class_names, image, batch)
+    manifest["layouts"] = _graphs(staging, run, name, layouts, manifest, inputs.x, image)
+    samples = image["samples"] if image else inputs.x[:inputs.n_validation]
+    np.save(staging / "samples.npy", samples)
+    if not image:
+        from ..backends.torch_backend import add_weights
+
+        manifest["torch"] = add_weights(staging, run, name)
+    if after_export is not None:
+        after_export(staging)
+    manifest["samples"] = {"file": "samples.npy", "sha256": sha256_file(staging / "samples.npy")}
+    manifest["files"] = hash_files(staging, exclude=("samples.npy",))
+    write_manifest(staging, manifest)
+    torch_model = run.model if name == DLSA else run.baselines[name]
+    ref = _reference(torch_model, inputs.x, image)
+    spec = read_spec(staging)
+    manifest["parity"] = _gate(spec, ref, inputs, "onnxruntime", {})
+    if manifest["torch"]:
+        manifest["parity"]["torch"] = _gate(spec, ref, inputs, "torch", {"device": "cpu"})
+    write_manifest(staging, manifest)
+    if trt is not None:
+        from ..backends.tensorrt_build import build_engines
+
+        engine_layouts = [lay for lay in spec.layouts]
+        manifest["engines"] = build_engines(staging, spec, engine_layouts, batch, trt.precision, trt.workspace,
+                                            trt.memory)
+        manifest["files"] = hash_files(staging, exclude=("samples.npy",))
+        write_manifest(staging, manifest)
+        spec = read_spec(staging)
+        manifest["engines"]["parity"] = _gate(spec, ref, inputs, "tensorrt", {"memory": trt.memory},
+                                              strict=trt.precision == "fp32")
+        write_manifest(staging, manifest)
     return manifest
 
 
-def _gate(tmp: Path, model, layouts, xs, image=None) -> dict:
-    from ..runtime import Runtime
-
-    n_random = 32 if image else 64
+def _reference(model, x: np.ndarray, image) -> dict:
     if image:
         with torch.no_grad():
-            ref = reference(model, image["trunk"](torch.from_numpy(xs)).numpy())
-    else:
-        ref = reference(model, xs)
-    thresholds = np.asarray(model.thresholds, dtype=np.float32)
-    report = {"inputs": {"validation": int(len(xs) - n_random), "random": n_random}}
-    for layout in layouts:
-        pred = Runtime(tmp, layout=layout).predict_prepared(xs)
+            x = image["trunk"](torch.from_numpy(x)).numpy()
+    return reference(model, x)
+
+
+def _gate(spec: BundleSpec, ref: dict, inputs: ParityInputs, backend: str, options: dict, strict: bool = True) -> dict:
+    """Each layout's outputs on BACKEND against the PyTorch reference; fails the export when not equal
+    (``strict``), or reports routing agreement and accuracy change (reduced-precision engines)."""
+    from ..runtime import Runtime
+
+    thresholds = np.asarray(spec.thresholds, dtype=np.float32)
+    report = {"inputs": inputs.counts()}
+    for layout in spec.layouts:
+        rt = Runtime(spec, layout=layout, backend=backend, **options)
+        pred = rt.predict_prepared(inputs.x)
+        if not strict:
+            report[layout] = routing_report(ref, pred.logits, pred.exit_depth, inputs.labels)
+            log.info("parity %s %s (reduced precision, reported only): %s", backend, layout, report[layout])
+            continue
         report[layout] = compare(ref, pred.logits, pred.exit_depth, thresholds)
         if not passed(report[layout]):
             r = report[layout]
-            raise ParityError(f"parity gate failed for the {layout} graph: prediction agreement "
+            raise ParityError(f"parity gate failed for the {layout} graph on {backend}: prediction agreement "
                               f"{r['pred_agreement']:.4f}, exit agreement {r['exit_agreement']:.4f}, max logit "
                               f"relative error {r['max_logit_rel_err']:.2e} (limit 1e-4); no bundle written")
-        log.info("parity %s: %s", layout, report[layout])
+        log.info("parity %s %s: %s", backend, layout, report[layout])
     return report
+
+
+def summary(manifest: dict) -> str:
+    """One line: where parity stands for each layout."""
+    p = manifest["parity"]
+    parts = [f"{lay} pred {p[lay]['pred_agreement']:.4f} exit {p[lay]['exit_agreement']:.4f} "
+             f"max logit rel err {p[lay]['max_logit_rel_err']:.1e}" for lay in LAYOUTS if lay in p]
+    e = manifest.get("engines")
+    if e:
+        parts += [f"tensorrt {e['precision']} {lay} pred {r['pred_agreement']:.4f} exit {r['exit_agreement']:.4f}"
+                  for lay, r in e["parity"].items() if lay in LAYOUTS]
+    return "parity: " + ", ".join(parts)
+

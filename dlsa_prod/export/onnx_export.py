@@ -30,3 +30,12 @@ def export_onnx(module: torch.nn.Module, example: tuple, path: Path, input_names
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DLSAError(f"ONNX export of {path.name} failed: {first}") from exc
     return path
+
+
+def embed_metadata(path: Path, props: dict[str, str]) -> None:
+    """Write PROPS into the ONNX file's metadata_props (the bundle reader cross-checks them)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(path))

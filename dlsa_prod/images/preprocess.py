@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import DLSAError
+from ..value_range import check_values
 
 
 @dataclass
@@ -42,11 +43,10 @@ class Preprocess:
         if x.dtype == np.uint8:
             x = x.astype(np.float32) / 255.0
         elif x.dtype.kind == "f":
+            check_values(x, "image input", axes=("image", "channel", "row", "column"))  # before the float32 cast
             x = x.astype(np.float32)
         else:
             raise DLSAError(f"images must be uint8 (0..255) or float (0..1), got dtype {x.dtype}")
-        if not np.isfinite(x).all():
-            raise DLSAError("images contain NaN or inf")
         mean = np.asarray(self.mean, np.float32)[None, :, None, None]
         std = np.asarray(self.std, np.float32)[None, :, None, None]
         return np.ascontiguousarray((x - mean) / std, dtype=np.float32)

@@ -97,11 +97,10 @@ def read_idx_images(directory: str | Path, split: str) -> ImageSet:
 
 
 def read_digits() -> ImageSet:
-    from sklearn.datasets import load_digits
+    from ..data.digits import digits_images
 
-    d = load_digits()
-    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-    return ImageSet(images, d.target.astype(np.int64), "sklearn digits")
+    images, labels = digits_images()
+    return ImageSet(images, labels, "sklearn digits")
 
 
 def draw_longtail_split(train: ImageSet, imbalance_ratio: float, profile: str, seed: int,

@@ -11,6 +11,7 @@ import torch
 
 from ..config import RunConfig
 from ..data import FeatureSet, Splits
+from ..data.classes import check_train_classes, num_classes_of
 from ..data.splits import carve_val
 from ..errors import DataError
 from ..run_dir import save_module
@@ -36,16 +37,17 @@ def read_image_sets(cfg: RunConfig) -> dict[str, ImageSet]:
         if ic.val:
             sets["val"] = read_image_folder(ic.val)
     else:  # digits: balanced test split, the rest is train
-        from ..data.longtail import draw_longtail
+        from ..data.digits import balanced_test_split
 
         allset = read_digits()
-        test_idx = draw_longtail(allset.labels, np.full(10, ic.test_per_class), np.random.default_rng(cfg.seed))
-        rest = np.setdiff1d(np.arange(len(allset)), test_idx)
+        test_idx, rest = balanced_test_split(allset.labels, ic.test_per_class, np.random.default_rng(cfg.seed))
         sets = {"train": allset.subset(rest), "test": allset.subset(test_idx)}
+    c = num_classes_of(sets["train"], [s for k, s in sets.items() if k != "train"], cfg.data.num_classes)
+    check_train_classes(np.bincount(sets["train"].labels, minlength=c), sets["train"].source,
+                        [s for k, s in sets.items() if k != "train"])
     if ic.longtail is not None:
-        sets["train"] = draw_longtail_split(sets["train"], ic.longtail.imbalance_ratio, ic.longtail.profile, cfg.seed)
+        sets["train"] = draw_longtail_split(sets["train"], ic.longtail.imbalance_ratio, ic.longtail.profile, cfg.seed, c)
     if "val" not in sets:
-        c = int(sets["train"].labels.max()) + 1
         ids = FeatureSet(np.arange(len(sets["train"]), dtype=np.float32)[:, None], sets["train"].labels)
         rest, val = carve_val(ids, c, cfg.data.val_per_class, cfg.data.val_max_fraction, cfg.seed)
         train = sets["train"]
@@ -70,10 +72,7 @@ def preprocess_for(cfg: RunConfig, train: ImageSet) -> Preprocess:
 
 def image_splits(cfg: RunConfig, workdir: Path, device: torch.device, generator: torch.Generator) -> tuple[Splits, dict]:
     sets = read_image_sets(cfg)
-    c = int(sets["train"].labels.max()) + 1
-    for name, s in sets.items():
-        if s.labels.max() >= c:
-            raise DataError(f"{s.source}: labels up to {int(s.labels.max())}, but train has only {c} classes")
+    c = num_classes_of(sets["train"], [s for k, s in sets.items() if k != "train"], cfg.data.num_classes)
     log.info("images: %s", ", ".join(f"{k} {len(v)}" for k, v in sets.items()))
     prep = preprocess_for(cfg, sets["train"])
     bc = cfg.backbone
@@ -93,11 +92,11 @@ def image_splits(cfg: RunConfig, workdir: Path, device: torch.device, generator:
 
 def load_trained_backbone(run_path: Path, meta: dict):
     """(ImageClassifier in eval mode, Preprocess) of an image run, from its backbone.safetensors."""
-    from ..run_dir import load_state
+    from ..run_dir import load_state, weights_sha256
     from .backbones import build_backbone
 
     info = meta["backbone"]
     prep = Preprocess.from_dict(info["preprocess"])
     net = build_backbone(info["arch"], prep.channels, meta["num_classes"])
-    load_state(net, Path(run_path) / "backbone.safetensors")
+    load_state(net, Path(run_path) / "backbone.safetensors", weights_sha256(meta, "backbone.safetensors"))
     return net.eval(), prep

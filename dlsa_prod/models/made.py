@@ -52,7 +52,7 @@ class MADE(nn.Module):
         self.log_scale_clamp = float(log_scale_clamp)
 
     def shift_and_log_scale(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m, a = self.net(x).chunk(2, dim=1)
+        m, a = self.net(x).to(x.dtype).chunk(2, dim=1)  # autocast: back to x's precision
         c = self.log_scale_clamp
         return m, c * torch.tanh(a / c)
 

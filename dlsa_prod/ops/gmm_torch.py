@@ -3,7 +3,12 @@
 For latents u (B, D) and fixed centres mu (K, D) with identity covariance and uniform weights:
 
     log p_k(u) = -D/2 log(2 pi) - 0.5 |u|^2 + u . mu_k - 0.5 |mu_k|^2 (+ log|det J|)
-    log p(u)   = logsumexp_k log p_k(u) - log K_active,   cluster = argmax_k log p_k(u)
+    log p(u)   = logsumexp_k log p_k(u) - log K,   cluster = first argmax_k log p_k(u)
+
+Non-finite rows, the same rule as the native kernels (csrc/include/dlsa_prod/ops.h):
+  * loglik is NaN when any log p_k of the row is NaN or +inf (or the sum overflows);
+  * loglik is -inf when every log p_k of the row is -inf (e.g. |u|^2 overflows);
+  * whenever loglik is not finite, cluster is 0, so cluster is always in [0, K).
 
 The GEMM form never builds the (B, K, D) difference tensor that the research code does.
 """
@@ -24,16 +29,13 @@ class GMMOutput(NamedTuple):
     log_probs: Optional[torch.Tensor]  # (B, K) or None
 
 
-def _finish(logp: torch.Tensor, cluster_mask: Optional[torch.Tensor], return_log_probs: bool) -> GMMOutput:
-    k_active = logp.shape[1]
-    if cluster_mask is not None:
-        logp = logp.masked_fill(~cluster_mask, float("-inf"))
-        k_active = cluster_mask.sum()
-        k_active = k_active.to(logp.dtype)
-        loglik = torch.logsumexp(logp, dim=1) - torch.log(k_active)
-    else:
-        loglik = torch.logsumexp(logp, dim=1) - math.log(k_active)
+def _finish(logp: torch.Tensor, return_log_probs: bool) -> GMMOutput:
+    loglik = torch.logsumexp(logp, dim=1) - math.log(logp.shape[1])
     cluster = torch.argmax(logp, dim=1)
+    finite = torch.isfinite(loglik)
+    # +inf (a +inf term or an overflow) is not a likelihood: NaN, as the kernels give
+    loglik = torch.where(torch.isposinf(loglik), torch.full_like(loglik, math.nan), loglik)
+    cluster = torch.where(finite, cluster, torch.zeros_like(cluster))
     return GMMOutput(loglik, cluster, logp if return_log_probs else None)
 
 
@@ -49,14 +51,14 @@ def gmm_log_probs_gemm(u: torch.Tensor, means: torch.Tensor, log_det: Optional[t
     return logp
 
 
-def gmm_loglik_torch(u, means, log_det=None, cluster_mask=None, return_log_probs=False) -> GMMOutput:
-    return _finish(gmm_log_probs_gemm(u, means, log_det), cluster_mask, return_log_probs)
+def gmm_loglik_torch(u, means, log_det=None, return_log_probs=False) -> GMMOutput:
+    return _finish(gmm_log_probs_gemm(u, means, log_det), return_log_probs)
 
 
-def gmm_loglik_broadcast(u, means, log_det=None, cluster_mask=None, return_log_probs=False) -> GMMOutput:
+def gmm_loglik_broadcast(u, means, log_det=None, return_log_probs=False) -> GMMOutput:
     """The research code's formulation: materialises (B, K, D). Reference and benchmark baseline only."""
     d = u.shape[1]
     logp = -0.5 * (u.unsqueeze(1) - means.unsqueeze(0)).square().sum(-1) - 0.5 * d * math.log(2 * math.pi)
     if log_det is not None:
         logp = logp + log_det.unsqueeze(1)
-    return _finish(logp, cluster_mask, return_log_probs)
+    return _finish(logp, return_log_probs)

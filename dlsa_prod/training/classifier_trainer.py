@@ -3,24 +3,32 @@
 The epoch is selected by accuracy on the validation samples routed to this classifier,
 evaluated every ``eval_freq`` epochs (never on test).  Balanced softmax uses the class counts
 of this classifier's own training subset (floored at 1).
+
+Hot loop: one on-device permutation (or class-balanced draw) per epoch; each step gathers its
+rows into a reused buffer; losses are summed on the device and read once per epoch; fused SGD
+on CUDA.  Data-parallel (torchrun): every rank draws the same order and computes its contiguous
+share of each batch; the loss is normalised by the global batch and gradients are summed.
+Validation is sharded and the correct counts summed, so every rank selects the same epoch.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..config import ClassifierConfig
 from ..errors import DLSAError
 from ..models import FeatureClassifier
-from .losses import balanced_softmax_loss
-from .samplers import epoch_batches
-from .schedule import clip_value, set_lr
+from .grad_sync import GradientSync
+from .losses import classification_loss
+from .options import TrainOptions, active_options
+from .precision import forward_autocast, matmul_precision
+from .samplers import ClassIndex, device_generator, epoch_order
+from .schedule import clip_value
+from .select_loop import EvalResult, LoopSpec, train_and_select
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +41,10 @@ class ClassifierData:
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    def rows(self, start: int, end: int) -> "ClassifierData":
+        return ClassifierData(self.x[start:end], self.y[start:end],
+                              None if self.prior is None else self.prior[start:end])
 
 
 @torch.no_grad()
@@ -53,57 +65,89 @@ class ClassifierTrainResult:
     best_epoch: int
     val_accuracy: float | None
     history: list[dict] = field(default_factory=list)
+    stopped_epoch: int | None = None
+
+
+def _hint(cfg: ClassifierConfig, key: str) -> str:
+    return f"lower {key}.optim.lr (now {cfg.optim.lr}) or set {key}.optim.grad_clip (now {cfg.optim.grad_clip})"
 
 
 def train_classifier(train: ClassifierData, val: ClassifierData, num_classes: int, cfg: ClassifierConfig,
-                     generator: torch.Generator, uses_prior: bool | None = None, desc: str = "classifier") -> ClassifierTrainResult:
+                     generator: torch.Generator, uses_prior: bool | None = None, desc: str = "classifier",
+                     init_state: Optional[dict] = None, options: TrainOptions | None = None,
+                     config_key: str | None = None) -> ClassifierTrainResult:
+    """init_state: a state dict loaded into the model before training (warm start).  options:
+    precision / compile / process group (default: the active options).  config_key: the config
+    section named in messages (default: regcls when uses_prior is False, else cacls)."""
     if len(train) == 0:
         raise DLSAError(f"{desc}: no training samples reach this classifier; adjust the filter settings")
+    opts = options or active_options()
+    dist = opts.dist
+    key = config_key or ("regcls" if uses_prior is False else "cacls")
     device = train.x.device
     model = FeatureClassifier(train.x.shape[1], num_classes, cfg.model, uses_prior).to(device)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    dist.sync_module_(model)  # identical start on every rank
+    fused = {"fused": True} if device.type == "cuda" else {}
     opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                          weight_decay=cfg.optim.weight_decay + cfg.model.weight_decay)
-    counts = torch.bincount(train.y.cpu(), minlength=num_classes).clamp(min=1).float()
-    log_prior = torch.log(counts / counts.sum()).to(device)
+                          weight_decay=cfg.model.weight_decay, **fused)
+    counts = torch.bincount(train.y, minlength=num_classes).clamp(min=1).float()
+    log_prior = torch.log(counts / counts.sum())
+    bsm = cfg.loss.type == "BSM"
     balanced = cfg.data.sampler.name == "class-balanced"
+    index = ClassIndex(train.y, num_classes) if balanced else None
+    gen = device_generator(generator, device)
     clip = clip_value(cfg.optim)
     smoothing = cfg.loss.label_smoothing
+    has_bn = any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules())
+    grads = GradientSync(model, dist)
+    forward = torch.compile(model) if opts.compile else model
+    bs = cfg.data.batchsize
+    rows_buf = torch.empty(bs, train.x.shape[1], device=device, dtype=train.x.dtype)
 
-    best_state, best_acc, best_epoch = None, None, cfg.optim.epoch
-    history = []
-    bar = tqdm(range(cfg.optim.epoch), desc=desc, unit="ep", leave=False, dynamic_ncols=True, disable=None)
-    for epoch in bar:
-        model.train()
-        lr = set_lr(opt, epoch, cfg.optim)
-        total, steps = 0.0, 0
-        for idx in epoch_batches(train.y.cpu(), num_classes, cfg.data.batchsize, balanced, generator):
-            if idx.numel() < 2 and any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules()):
+    def run_epoch(epoch: int) -> tuple[torch.Tensor, int]:
+        total = torch.zeros((), device=device, dtype=torch.float32)
+        order = epoch_order(train.y, num_classes, balanced, gen, index)
+        steps = 0
+        for s in range(0, len(train), bs):
+            e = min(s + bs, len(train))
+            if e - s < 2 and has_bn:
                 continue  # BatchNorm cannot train on a single sample
-            idx = idx.to(device)
-            prior = None if train.prior is None else train.prior[idx]
-            logits = model(train.x[idx], prior)
-            if cfg.loss.type == "BSM":
-                loss = balanced_softmax_loss(logits, train.y[idx], log_prior, smoothing)
-            else:
-                loss = F.cross_entropy(logits, train.y[idx], label_smoothing=smoothing)
-            opt.zero_grad(set_to_none=True)
+            a, b = dist.shard_bounds(e - s) if dist.enabled else (0, e - s)
+            idx = order[s + a:s + b]
+            xb = torch.index_select(train.x, 0, idx, out=rows_buf[:idx.shape[0]])
+            prior = None if train.prior is None else train.prior.index_select(0, idx)
+            with forward_autocast(opts.precision, device):
+                logits = forward(xb, prior)
+            yb = train.y.index_select(0, idx)
+            loss = classification_loss(logits.float() + log_prior if bsm else logits.float(), yb, smoothing,
+                                       (e - s) if dist.enabled else None)
+            opt.zero_grad(set_to_none=False)
             loss.backward()
+            grads.all_reduce()
             if clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
-            total += float(loss.detach())
+            total.add_(loss.detach())
             steps += 1
-        row = {"epoch": epoch + 1, "lr": lr, "loss": total / max(steps, 1)}
-        if len(val) and ((epoch + 1) % cfg.eval_freq == 0 or epoch + 1 == cfg.optim.epoch):
-            acc = float((predict_logits(model, val).argmax(1) == val.y).float().mean())
-            row["val_acc"] = acc
-            if best_acc is None or acc > best_acc:
-                best_state, best_acc, best_epoch = copy.deepcopy(model.state_dict()), acc, epoch + 1
-        history.append(row)
-        bar.set_postfix(loss=f"{row['loss']:.3f}", val=f"{row.get('val_acc', float('nan')):.3f}")
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
+        return total.reshape(1), steps
+
+    val_shard = val.rows(*dist.shard_bounds(len(val))) if dist.enabled else val
+
+    def evaluate(epoch: int) -> EvalResult:
+        if dist.enabled and has_bn:
+            dist.sync_module_(model)  # per-rank batch-norm running stats: evaluate rank 0's model
+        correct = (predict_logits(model, val_shard).argmax(1) == val_shard.y).sum().double().reshape(1)
+        acc = float(dist.all_reduce_(correct)) / len(val)
+        return EvalResult(acc, {"val_acc": acc}, acc)
+
+    spec = LoopSpec(desc, cfg.optim.epoch, cfg.eval_freq, cfg.optim, ("loss",), _hint(cfg, key), dist=dist)
+    with matmul_precision(opts.precision, device):
+        sel = train_and_select(model, opt, spec, run_epoch, evaluate if len(val) else None)
+    if dist.enabled and has_bn:
+        dist.sync_module_(model)
+    best_epoch = sel.best_epoch if sel.best_epoch is not None else cfg.optim.epoch
     log.info("%s: %d train / %d val samples, selected epoch %d/%d (val acc %s)", desc, len(train), len(val),
-             best_epoch, cfg.optim.epoch, "n/a" if best_acc is None else f"{best_acc:.4f}")
-    return ClassifierTrainResult(model, best_epoch, best_acc, history)
+             best_epoch, cfg.optim.epoch, "n/a" if sel.best_score is None else f"{sel.best_score:.4f}")
+    return ClassifierTrainResult(model, best_epoch, sel.best_score, sel.history, sel.stopped_epoch)

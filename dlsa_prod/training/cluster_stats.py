@@ -44,19 +44,38 @@ class ClusterQuality:
     good_clusters: int  # purity > min_purity and size > min_size
     max_size: int
     used_clusters: int
-    mean_purity: float  # size-weighted purity of all samples
+    mean_purity: float  # size-weighted purity of all (finite) samples
+    nonfinite: int = 0  # samples whose log-likelihood is NaN or inf (left out of the counts)
 
-    def score(self, max_cluster_size: int) -> int:
+    def score(self, max_cluster_size: int) -> int | None:
+        """Selection score: the number of good clusters; -1 when the largest cluster is too big;
+        None (not selectable) when any log-likelihood is non-finite."""
+        if self.nonfinite:
+            return None
         return self.good_clusters if self.max_size < max_cluster_size else -1
 
 
-def cluster_quality(cluster: torch.Tensor, labels: torch.Tensor, num_cluster: int, num_classes: int,
-                    min_purity: float, min_size: int) -> ClusterQuality:
-    hist = cluster_class_histogram(cluster.cpu(), labels.cpu(), num_cluster, num_classes)
+def quality_from_histogram(hist: torch.Tensor, min_purity: float, min_size: int, nonfinite: int = 0) -> ClusterQuality:
+    """Quality of a (K, C) cluster-class count histogram."""
+    hist = hist.cpu()
     size = hist.sum(1)
     top = hist.max(1).values
     purity = top.double() / size.clamp(min=1).double()
     good = ((purity > min_purity) & (size > min_size)).sum()
     total = int(size.sum())
     return ClusterQuality(int(good), int(size.max()) if total else 0, int((size > 0).sum()),
-                          float(top.sum()) / total if total else 0.0)
+                          float(top.sum()) / total if total else 0.0, int(nonfinite))
+
+
+def cluster_quality(cluster: torch.Tensor, labels: torch.Tensor, num_cluster: int, num_classes: int,
+                    min_purity: float, min_size: int, loglik: torch.Tensor | None = None) -> ClusterQuality:
+    """Purity and size statistics of an assignment.  With ``loglik``, samples whose
+    log-likelihood is non-finite are counted in ``nonfinite`` and left out of the histogram."""
+    nonfinite = 0
+    if loglik is not None:
+        finite = torch.isfinite(loglik)
+        nonfinite = int((~finite).sum())
+        if nonfinite:
+            cluster, labels = cluster[finite], labels[finite]
+    hist = cluster_class_histogram(cluster.cpu(), labels.cpu(), num_cluster, num_classes)
+    return quality_from_histogram(hist, min_purity, min_size, nonfinite)

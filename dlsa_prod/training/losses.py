@@ -26,17 +26,23 @@ def class_weights(counts: np.ndarray | torch.Tensor, q: float) -> torch.Tensor:
     return (w / w.sum()).to(torch.float32)
 
 
-def likelihood_loss(loglik: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    return -(weights[labels] * loglik).mean()
+def likelihood_loss(loglik: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                    denom: int | None = None) -> torch.Tensor:
+    """denom: the batch size to average over (default: these rows; data-parallel: the global batch)."""
+    if denom is None:
+        return -(weights[labels] * loglik).mean()
+    return -(weights[labels] * loglik).sum() / denom
 
 
-def purity_loss(log_probs_pos: torch.Tensor, log_probs_neg: torch.Tensor, freeze_pos: bool = True) -> torch.Tensor:
+def purity_loss(log_probs_pos: torch.Tensor, log_probs_neg: torch.Tensor, freeze_pos: bool = True,
+                denom: int | None = None) -> torch.Tensor:
     p_pos = torch.softmax(log_probs_pos, dim=1)
     if freeze_pos:
         p_pos = p_pos.detach()
     log_q_neg = torch.log_softmax(log_probs_neg, dim=1)
     # masked (-inf) components have p_pos = 0; avoid 0 * -inf
-    return torch.where(p_pos > 0, p_pos * log_q_neg, torch.zeros_like(log_q_neg)).sum(1).mean()
+    per_pair = torch.where(p_pos > 0, p_pos * log_q_neg, torch.zeros_like(log_q_neg)).sum(1)
+    return per_pair.mean() if denom is None else per_pair.sum() / denom
 
 
 class BalanceLoss:
@@ -48,8 +54,14 @@ class BalanceLoss:
         self.state: torch.Tensor | None = None
         self.steps = 0
 
-    def __call__(self, log_probs_pos: torch.Tensor) -> torch.Tensor:
-        p_bar = torch.softmax(log_probs_pos, dim=1).mean(0) + 1e-7
+    def __call__(self, log_probs_pos: torch.Tensor, denom: int | None = None, reduce=None) -> torch.Tensor:
+        """denom: rows of the (global) batch; reduce: sums the posterior over data-parallel ranks."""
+        post = torch.softmax(log_probs_pos, dim=1)
+        if denom is None and reduce is None:
+            p_bar = post.mean(0) + 1e-7
+        else:
+            p_sum = post.sum(0)
+            p_bar = (reduce(p_sum) if reduce is not None else p_sum) / (denom or post.shape[0]) + 1e-7
         m = self.momentum
         prev = self.state if self.state is not None else torch.zeros_like(p_bar)
         ema = m * prev + (1 - m) * p_bar
@@ -60,6 +72,14 @@ class BalanceLoss:
 
 
 def balanced_softmax_loss(logits: torch.Tensor, labels: torch.Tensor, log_prior: torch.Tensor,
-                          label_smoothing: float = 0.0) -> torch.Tensor:
+                          label_smoothing: float = 0.0, denom: int | None = None) -> torch.Tensor:
     """Cross-entropy on logits + log class prior (training only; plain argmax at test)."""
-    return F.cross_entropy(logits + log_prior, labels, label_smoothing=label_smoothing)
+    return classification_loss(logits + log_prior, labels, label_smoothing, denom)
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0,
+                        denom: int | None = None) -> torch.Tensor:
+    """Cross-entropy averaged over these rows, or summed and divided by denom (the global batch)."""
+    if denom is None:
+        return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="sum") / denom

@@ -1,0 +1,203 @@
+"""The PyTorch backend: ``Runtime(bundle, backend="torch")`` (torch is imported only here).
+
+Export copies the run's weights and config into the bundle (``torch/``, hashed like every other
+file); this backend rebuilds the cascade from them on CUDA or CPU.
+
+* ``fused`` (and ``single``): the masked all-depths form (every depth for the whole batch, each
+  sample's exit picked with masks: no host synchronisation inside), padded to a batch bucket
+  (powers of two up to the serving profile's max) and, on CUDA, replayed as one CUDA graph per
+  bucket; on CPU the same bucketed code runs eagerly.
+* ``staged``: per-sample routing (``layouts.run_staged``, the same code the other backends use):
+  each depth's filter runs on the samples still remaining and each classifier on the samples
+  exiting there, every stage padded to a batch bucket and, on CUDA, replayed as one CUDA graph per
+  stage and bucket; the one host round trip per depth is the count of exiting samples.
+
+fp32 throughout, TF32 off (``ops.precision.ieee_fp32``).  Parity-gated at export like the graphs.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..bundle_spec import FUSED, REGULAR, SINGLE, BundleError, BundleSpec, classifier_name, filter_name
+from ..errors import DLSAError
+from .layouts import TorchOps
+
+TORCH_DIR = "torch"
+
+
+def add_weights(staging: Path, run, model_name: str) -> dict:
+    """Copy the run's config, meta and the exported model's weights into STAGING/torch; return the
+    manifest's ``torch`` entry."""
+    weights = "model.safetensors" if model_name == "dlsa" else f"baseline_{model_name}.safetensors"
+    d = staging / TORCH_DIR
+    d.mkdir()
+    for f in ("config.yaml", "meta.json", weights):
+        shutil.copyfile(Path(run.path) / f, d / f)
+    return {"dir": TORCH_DIR, "weights": weights}
+
+
+def buckets_for(max_rows: int) -> list[int]:
+    out, b = [], 1
+    while b < max_rows:
+        out.append(b)
+        b *= 2
+    return out + [max_rows]
+
+
+def load_model(spec: BundleSpec, device):
+    """(module, kind) from the bundle's torch/ copy of the run; weights checked against the manifest."""
+    import yaml
+
+    from ..config import config_from_dict
+    from ..models import DLSAModel, FeatureClassifier
+    from ..run_dir import load_state
+
+    t = spec.manifest.get("torch")
+    if not t:
+        raise BundleError(f"{spec.path}: the bundle carries no torch weights (re-export it for backend='torch')")
+    d = spec.path / t["dir"]
+    cfg = config_from_dict(yaml.safe_load((d / "config.yaml").read_text()), str(d / "config.yaml"))
+    weights = f"{t['dir']}/{t['weights']}"
+    sha = spec.manifest["files"].get(weights)
+    if spec.source["model"] == "dlsa":
+        model = DLSAModel.from_config(cfg, spec.dim, spec.num_classes, spec.depth)
+    else:
+        model = FeatureClassifier(spec.dim, spec.num_classes, cfg.regcls.model, uses_prior=False)
+    load_state(model, spec.path / weights, sha)
+    return model.to(device).eval()
+
+
+class Bucketed:
+    """Runs ``fn(*static_inputs) -> tuple of tensors`` on inputs padded to a bucket size, one set of
+    static input buffers (and, on CUDA, one captured graph) per bucket.  ``inputs``: (item shape,
+    torch dtype) per argument; padding rows are zeros (a valid cluster index too)."""
+
+    def __init__(self, fn, inputs, buckets, device, capture):
+        self.fn, self.inputs, self.buckets, self.device = fn, list(inputs), list(buckets), device
+        self.capture = capture  # (fn, static_inputs) -> replay() returning the static outputs
+        self.entries: dict[int, tuple] = {}
+
+    def bucket(self, n: int) -> int:
+        return next(b for b in self.buckets if b >= n)
+
+    def __call__(self, *xs):
+        import torch
+
+        n = xs[0].shape[0]
+        b = self.bucket(n)
+        entry = self.entries.get(b)
+        if entry is None:
+            static = [torch.zeros((b, *shape), dtype=dtype, device=self.device) for shape, dtype in self.inputs]
+            entry = self.entries[b] = (static, self.capture(self.fn, static))
+        static, replay = entry
+        for buf, x in zip(static, xs):
+            buf[:n].copy_(x)
+            if n < b:
+                buf[n:].zero_()
+        return tuple(o[:n] for o in replay())
+
+
+def eager_capture(fn, static):
+    return lambda: fn(*static)
+
+
+def cuda_graph_capture(fn, static):
+    import torch
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):  # warm-up on a side stream, as torch's CUDA graph docs require
+            fn(*static)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = fn(*static)
+    return lambda: (g.replay(), out)[1]
+
+
+class TorchExecutor:
+    def __init__(self, spec: BundleSpec, layout: str, device: str = "auto", cuda_graphs: bool = True,
+                 max_bucket: int | None = None, model=None):
+        import threading
+
+        import torch
+
+        from ..export.graphs import FusedGraph
+
+        if spec.kind == "image":
+            raise BundleError(f"{spec.path}: backend 'torch' serves feature bundles; use onnxruntime or tensorrt "
+                              f"for image bundles")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda" and not torch.cuda.is_available():
+            raise DLSAError("backend 'torch' on cuda: no GPU is visible to torch")
+        self.torch, self.device, self.spec, self.layout = torch, torch.device(device), spec, layout
+        self.model = model if model is not None else load_model(spec, self.device)
+        self.max_rows = int(max_bucket or spec.batch_profile["max"])
+        self.lock = threading.Lock()  # one set of static buffers per bucket
+        self.graphs = cuda_graphs and self.device.type == "cuda"
+        capture = cuda_graph_capture if self.graphs else eager_capture
+        buckets = buckets_for(self.max_rows)
+        feat = [((spec.dim,), torch.float32)]
+        self.calls = self.specs = None
+        if layout == FUSED:
+            fused = FusedGraph(self.model).eval()
+            self.fn = Bucketed(lambda x: fused(x)[:3:2], feat, buckets, self.device, capture)
+        elif layout == SINGLE:
+            clf = self.model
+            depth = spec.depth
+
+            def single(x):
+                logits = clf(x)
+                return logits, torch.full((x.shape[0],), depth + 1, dtype=torch.int64, device=x.device)
+
+            self.fn = Bucketed(single, feat, buckets, self.device, capture)
+        else:
+            self.specs = spec.graphs(layout)
+            self.calls = self._stage_calls(feat, buckets, capture)
+            self.ops = TorchOps(self.device)
+            self.fn = self._staged
+
+    def _stage_calls(self, feat, buckets, capture) -> dict:
+        """One bucketed (CUDA-graphed) callable per staged graph, fed by the spec's input names."""
+        import torch
+
+        model = self.model
+        fns = {REGULAR: (lambda x: (model.regular(x),), feat)}
+        for d, stage in enumerate(model.stages, start=1):
+            fns[filter_name(d)] = (lambda x, s=stage: tuple(s.route(x)), feat)
+            fns[classifier_name(d)] = (lambda x, c, s=stage: (s.classify(x, c),), feat + [((), torch.int64)])
+        calls = {}
+        for name, (fn, inputs) in fns.items():
+            bucketed = Bucketed(fn, inputs, buckets, self.device, capture)
+            names = [t.name for t in self.specs[name].inputs]
+            calls[name] = lambda feeds, _b=bucketed, _n=names: list(_b(*[feeds[n] for n in _n]))
+        return calls
+
+    def _staged(self, x):
+        from .layouts import run_staged
+
+        return run_staged(self.calls, self.specs, x, self.spec.thresholds, self.spec.depth, self.ops)
+
+    def describe(self) -> str:
+        what = "CUDA graphs per batch bucket" if self.graphs else "eager, batch buckets"
+        return f"torch {self.device.type} ({what})"
+
+    def run(self, x: np.ndarray, timer=None):
+        torch = self.torch
+        from ..ops.precision import ieee_fp32
+
+        with torch.no_grad(), ieee_fp32(), self.lock:
+            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+            logits, exit_depth = self.fn(t)
+            return logits.cpu().numpy().copy(), exit_depth.cpu().numpy().astype(np.int64)
+
+
+def load(spec: BundleSpec, layout: str, options: dict) -> TorchExecutor:
+    return TorchExecutor(spec, layout, options.get("device", "auto"), options.get("cuda_graphs", True),
+                         options.get("max_bucket"), options.get("model"))

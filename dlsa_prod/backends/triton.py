@@ -1,0 +1,92 @@
+"""Triton Inference Server model repository for a bundle's fused (or single) graph, generated from
+the bundle spec: the graph's real input names, dims and dtypes (``image`` [C, H, W] for image
+bundles, ``x`` [dim] otherwise), ``max_batch_size`` with dynamic batching, ``KIND_GPU`` instance
+groups (``KIND_CPU`` when asked) and optionally the TensorRT execution accelerator of Triton's
+ONNX Runtime backend (fp32 precision unless told otherwise).
+
+Staged routing is not served by this repository: in Triton it would be an ensemble (which cannot
+branch per sample, so every stage would run on the whole batch: the fused graph's cost plus
+per-step overhead) or a BLS Python model calling the stage models (per-sample routing, one extra
+request per stage and depth).  The fused graph is one model with no Python in the request path.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ..bundle_spec import FUSED, SINGLE, BundleSpec, GraphSpec, read_spec
+from ..errors import DLSAError
+
+TRITON_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32", "float16": "TYPE_FP16",
+                "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8"}
+
+
+def served_graph(spec: BundleSpec) -> GraphSpec:
+    for layout in (FUSED, SINGLE):
+        if layout in spec.layouts:
+            return next(iter(spec.graphs(layout).values()))
+    raise DLSAError(f"{spec.path}: the Triton repository serves the fused graph; export with --layout fused or both")
+
+
+def _tensor(t) -> str:
+    dims = t.item_shape
+    if dims:
+        return f'  {{ name: "{t.name}", data_type: {TRITON_TYPES[t.dtype]}, dims: [ {", ".join(map(str, dims))} ] }}'
+    # a per-sample scalar (pred, exit_depth): Triton needs >= 1 dim, reshape to the graph's []
+    return f'  {{ name: "{t.name}", data_type: {TRITON_TYPES[t.dtype]}, dims: [ 1 ], reshape: {{ shape: [ ] }} }}'
+
+
+def model_config(spec: BundleSpec, name: str = "dlsa", max_batch: int | None = None, instances: int = 1,
+                 kind: str = "KIND_GPU", tensorrt: bool = False, fp16: bool = False) -> str:
+    """The ``config.pbtxt`` text (protobuf text format of Triton's ModelConfig)."""
+    g = served_graph(spec)
+    if kind not in ("KIND_GPU", "KIND_CPU"):
+        raise DLSAError(f"instance kind must be KIND_GPU or KIND_CPU, got {kind}")
+    max_batch = int(max_batch or spec.batch_profile["max"])
+    if max_batch < 1:
+        raise DLSAError(f"max_batch_size must be a positive integer, got {max_batch}")
+    prof = spec.batch_profile
+    preferred = sorted({b for b in (prof["opt"], max_batch) if 1 <= b <= max_batch})
+    lines = [f'name: "{name}"', 'platform: "onnxruntime_onnx"', f"max_batch_size: {max_batch}",
+             "input [", ",\n".join(_tensor(t) for t in g.inputs), "]",
+             "output [", ",\n".join(_tensor(t) for t in g.outputs), "]",
+             "dynamic_batching {",
+             f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]",
+             "  max_queue_delay_microseconds: 100", "}",
+             f"instance_group [ {{ count: {int(instances)}, kind: {kind} }} ]"]
+    if tensorrt:
+        if kind != "KIND_GPU":
+            raise DLSAError("the TensorRT accelerator needs KIND_GPU instances")
+        lines += ["optimization { execution_accelerators {",
+                  "  gpu_execution_accelerator : [ {", '    name : "tensorrt"',
+                  f'    parameters {{ key: "precision_mode" value: "{"FP16" if fp16 else "FP32"}" }}',
+                  f'    parameters {{ key: "max_workspace_size_bytes" value: "{2 << 30}" }}',
+                  "  } ]", "} }"]
+    return "\n".join(lines) + "\n"
+
+
+TRITON_KIND = "triton-model"  # the marker kind of a model directory this package wrote
+
+
+def check_repository(repo: Path, name: str = "dlsa", force: bool = False, protected_paths=()) -> Path:
+    """Refuse (one line, before any work) unless REPO/NAME is new or, with ``force``, a Triton model
+    directory this package wrote; returns REPO/NAME."""
+    from ..run_dir import check_replaceable
+
+    return check_replaceable(Path(repo) / name, TRITON_KIND, protected_paths, force)
+
+
+def write_repository(bundle, repo: Path, name: str = "dlsa", force: bool = False, **kwargs) -> Path:
+    """REPO/NAME/{config.pbtxt, 1/model.onnx}, built next to the target and renamed into place.  An
+    existing REPO/NAME is replaced only with ``force`` and only when this package wrote it."""
+    from ..run_dir import StagingDir
+
+    spec = bundle if isinstance(bundle, BundleSpec) else read_spec(bundle)
+    g = served_graph(spec)
+    config = model_config(spec, name, **kwargs)
+    with StagingDir(Path(repo) / name, force, kind=TRITON_KIND, protected_paths=[spec.path]) as staging:
+        (staging.path / "1").mkdir()
+        shutil.copyfile(spec.path / g.file, staging.path / "1" / "model.onnx")
+        (staging.path / "config.pbtxt").write_text(config)
+        return staging.commit()

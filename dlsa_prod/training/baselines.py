@@ -1,0 +1,204 @@
+"""The baselines a practitioner would pick instead of DLSA, trained on the same features and val split.
+
+- ``CE``:  the regular classifier's kind trained with cross-entropy on all training samples.
+- ``BSM``: the same with balanced softmax.
+- ``LA``:  post-hoc logit adjustment (Menon et al. 2021) of the CE classifier: logits - tau * log prior,
+           tau chosen on val from TAU_GRID, baked into the final bias (a plain FeatureClassifier).
+- ``cRT``: classifier re-training (Kang et al. 2020, decoupling): the representation is kept, the
+           classifier's last layer is re-initialised and re-trained with class-balanced sampling and
+           cross-entropy.  The representation here is the frozen feature (plus, with hidden layers,
+           the CE classifier's hidden layers, which start from CE and keep training).
+
+Every baseline draws from its own generator and its own global-RNG stream, derived from
+(seed, name), so it does not depend on DLSA's settings or on which other baselines run; every
+epoch (and tau) is selected on val.  Hence a process trains each baseline once per (data,
+regular-classifier settings, seed) and reuses it (``_CACHE``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..config import ClassifierConfig, RunConfig
+from ..data import Splits
+from ..models import FeatureClassifier
+from .classifier_trainer import ClassifierData, predict_logits, train_classifier
+from .options import active_options
+
+log = logging.getLogger(__name__)
+
+BASELINE_NAMES = ("CE", "BSM", "LA", "cRT")
+# Trained baselines of this process, by cache_key: runs that differ only in DLSA's settings (the
+# benchmark variants, the tuner's candidates) reuse them; identical by construction (own RNG streams).
+_CACHE: dict = {}
+CACHE_SIZE = 32
+TAU_GRID = tuple(float(t) for t in np.round(np.arange(0.0, 2.01, 0.25), 2))
+
+
+def derived_seed(seed: int, name: str) -> int:
+    """A 63-bit seed from (seed, name): stable across runs, machines and Python versions."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def derived_generator(seed: int, name: str) -> torch.Generator:
+    return torch.Generator().manual_seed(derived_seed(seed, name))
+
+
+@dataclass
+class Baseline:
+    model: FeatureClassifier
+    epoch: int | None
+    val_accuracy: float | None
+    info: dict = field(default_factory=dict)  # e.g. {"tau": 1.0}
+
+
+class BaselineContext:
+    """Shared inputs of the baseline trainers; the CE classifier is trained once and reused by LA and cRT."""
+
+    def __init__(self, splits: Splits, cfg: RunConfig, device: torch.device, seed: int):
+        self.splits, self.cfg, self.device, self.seed = splits, cfg, device, seed
+        self.c = splits.num_classes
+        self.train = ClassifierData(torch.from_numpy(splits.train.features).to(device),
+                                    torch.from_numpy(splits.train.labels).to(device))
+        self.val = ClassifierData(torch.from_numpy(splits.val.features).to(device),
+                                  torch.from_numpy(splits.val.labels).to(device))
+        counts = torch.from_numpy(splits.train_counts()).double().clamp(min=1)
+        self.log_prior = torch.log(counts / counts.sum()).float().to(device)
+        self.done: dict[str, Baseline] = {}
+        self._data_hash: str | None = None
+
+    def classifier_config(self, loss: str, sampler: str = "none") -> ClassifierConfig:
+        ccfg = self.cfg.regcls.model_copy(deep=True)
+        ccfg.loss.type = loss
+        ccfg.data.sampler.name = sampler
+        return ccfg
+
+    def fit(self, name: str, ccfg: ClassifierConfig, init_state: dict | None = None) -> Baseline:
+        """Train one classifier in its own random streams (generator and global RNG) from (seed, name)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derived_seed(self.seed, f"{name}/init"))
+            res = train_classifier(self.train, self.val, self.c, ccfg, derived_generator(self.seed, name),
+                                   uses_prior=False, desc=f"baseline {name}", init_state=init_state)
+        return Baseline(res.model, res.best_epoch, res.val_accuracy)
+
+    def get(self, name: str) -> Baseline:
+        if name not in self.done:
+            key = self.cache_key(name)
+            if key not in _CACHE:
+                _CACHE[key] = REGISTRY[name](self)
+                while len(_CACHE) > CACHE_SIZE:
+                    _CACHE.pop(next(iter(_CACHE)))
+            cached = _CACHE[key]
+            self.done[name] = Baseline(copy.deepcopy(cached.model), cached.epoch, cached.val_accuracy,
+                                       copy.deepcopy(cached.info))
+        return self.done[name]
+
+    def cache_key(self, name: str) -> str:
+        """A baseline depends only on the data, the regular classifier's settings, the seed, its name and
+        how it trains (precision, compile, data-parallel world size: see training/options.py)."""
+        if self._data_hash is None:
+            h = hashlib.sha256()
+            for fs in (self.splits.train, self.splits.val):
+                h.update(np.ascontiguousarray(fs.features).tobytes())
+                h.update(np.ascontiguousarray(fs.labels).tobytes())
+            self._data_hash = h.hexdigest()
+        opts = active_options()
+        how = f"{opts.precision}|{opts.compile}|{opts.dist.world_size}"
+        return f"{self._data_hash}|{self.cfg.regcls.model_dump_json()}|{self.seed}|{self.device}|{how}|{name}"
+
+
+def _train_ce(ctx: BaselineContext) -> Baseline:
+    return ctx.fit("CE", ctx.classifier_config("CE"))
+
+
+def _train_bsm(ctx: BaselineContext) -> Baseline:
+    return ctx.fit("BSM", ctx.classifier_config("BSM"))
+
+
+def adjust_bias(model: FeatureClassifier, shift: torch.Tensor) -> FeatureClassifier:
+    """A copy of the classifier whose logits are the original's + shift (added to head_x's final bias)."""
+    out = copy.deepcopy(model)
+    last = out.head_x[-1]
+    if not isinstance(last, nn.Linear) or last.bias is None:
+        raise ValueError("a bias shift needs a linear final layer (classifier type 'linear')")
+    with torch.no_grad():
+        last.bias.add_(shift.to(last.bias))
+    return out
+
+
+def val_accuracy(model: FeatureClassifier, val: ClassifierData, shift: torch.Tensor | None = None) -> float:
+    logits = predict_logits(model, val)
+    if shift is not None:
+        logits = logits + shift
+    return float((logits.argmax(1) == val.y).float().mean()) if len(val) else float("nan")
+
+
+def _train_la(ctx: BaselineContext) -> Baseline:
+    ce = ctx.get("CE")
+    if not isinstance(ce.model.head_x[-1], nn.Linear):
+        raise ValueError("LA needs regcls.model.type linear")
+    logits = predict_logits(ce.model, ctx.val)
+    scores = [float(((logits - tau * ctx.log_prior).argmax(1) == ctx.val.y).float().mean()) for tau in TAU_GRID]
+    best = int(np.argmax(scores))  # ties: the smallest tau
+    tau = TAU_GRID[best]
+    log.info("baseline LA: tau %.2f chosen on val (val acc %.4f; tau 0 = CE: %.4f)", tau, scores[best], scores[0])
+    return Baseline(adjust_bias(ce.model, -tau * ctx.log_prior), ce.epoch, scores[best],
+                    {"tau": tau, "tau_grid": list(TAU_GRID), "val_acc_per_tau": scores})
+
+
+def _train_crt(ctx: BaselineContext) -> Baseline:
+    ce = ctx.get("CE")
+    state = copy.deepcopy(ce.model.state_dict())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derived_seed(ctx.seed, "cRT/reinit"))
+        fresh = FeatureClassifier(ctx.splits.dim, ctx.c, ctx.cfg.regcls.model, uses_prior=False)
+    fresh_state = fresh.state_dict()
+    for head in ("head_x", "head_zp"):
+        last = f"{head}.{len(getattr(fresh, head)) - 1}."
+        for k in fresh_state:
+            if k.startswith(last):
+                state[k] = fresh_state[k].to(state[k].device)
+    res = ctx.fit("cRT", ctx.classifier_config("CE", "class-balanced"), init_state=state)
+    return res
+
+
+REGISTRY: dict[str, Callable[[BaselineContext], Baseline]] = {
+    "CE": _train_ce, "BSM": _train_bsm, "LA": _train_la, "cRT": _train_crt,
+}
+
+
+def train_baselines(splits: Splits, cfg: RunConfig, device: torch.device, names: list[str] | tuple[str, ...],
+                    seed: int | None = None) -> dict[str, Baseline]:
+    """Train the named baselines (in the given order); LA is skipped with a warning on cosine heads."""
+    ctx = BaselineContext(splits, cfg, device, cfg.seed if seed is None else seed)
+    out = {}
+    for name in names:
+        try:
+            out[name] = ctx.get(name)
+        except ValueError as exc:
+            log.warning("baseline %s skipped: %s", name, exc)
+    return out
+
+
+def implied_log_prior(name: str, train_counts: np.ndarray) -> torch.Tensor:
+    """The label prior a baseline's logits carry: the train prior for CE, uniform for the re-balanced ones."""
+    c = len(train_counts)
+    if name == "CE":
+        counts = torch.as_tensor(np.maximum(train_counts, 1), dtype=torch.float64)
+        return torch.log(counts / counts.sum()).float()
+    return torch.full((c,), -float(np.log(c)))
+
+
+def train_baseline(splits: Splits, cfg: RunConfig, name: str, device: torch.device,
+                   seed: int | None = None) -> FeatureClassifier:
+    """One baseline's classifier (see train_baselines)."""
+    return BaselineContext(splits, cfg, device, cfg.seed if seed is None else seed).get(name).model

@@ -1,0 +1,275 @@
+"""Users' files are safe: --force replaces only directories this package wrote, never the cwd or a
+directory holding the inputs; leftovers of killed runs are cleaned; weights are verified on load;
+relative data paths follow the config file."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from dlsa_prod.cli import main
+from dlsa_prod.errors import RunDirError
+from dlsa_prod.run_dir import (MARKER, StagingDir, check_replaceable, load_run, load_state, read_marker,
+                               remove_stale, write_marker)
+
+from conftest import tiny_config_dict
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A trained tiny run whose config uses paths relative to the config file's directory."""
+    from conftest import blobs
+
+    from dlsa_prod.data import write_features
+
+    d = tmp_path_factory.mktemp("userfiles")
+    (d / "data").mkdir()
+    write_features(d / "data" / "train.npz", blobs([60, 40, 25, 12], dim=6, seed=1))
+    write_features(d / "data" / "test.npz", blobs([10] * 4, dim=6, seed=1))
+    tree = tiny_config_dict("data/train.npz", "data/test.npz", max_depth=1, baselines=["CE"])
+    tree["gmflow"]["optim"]["epoch"] = 2
+    tree["cacls"]["optim"]["epoch"] = tree["regcls"]["optim"]["epoch"] = 2
+    (d / "conf").mkdir()
+    cfg = d / "conf" / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tree).replace("data/train.npz", "../data/train.npz")
+                   .replace("data/test.npz", "../data/test.npz"))
+    old = os.getcwd()
+    os.chdir(d / "data")  # relative paths in the config are relative to its file, not to the cwd
+    try:
+        res = CliRunner().invoke(main, ["train", str(cfg), "--out", str(d / "run")])
+    finally:
+        os.chdir(old)
+    assert res.exit_code == 0, res.output
+    return d
+
+
+# ----------------------------------------------------------------------------- --force
+def test_check_replaceable_rules(tmp_path, monkeypatch):
+    target = tmp_path / "out"
+    assert check_replaceable(target, "run", force=False) == target  # new directory: fine
+    (target / "sub").mkdir(parents=True)
+    (target / "sub" / "thesis.tex").write_text("years of work")
+    with pytest.raises(RunDirError, match="output directory exists \\(use --force"):
+        check_replaceable(target, "run", force=False)
+    with pytest.raises(RunDirError, match=f"not written by dlsa-prod \\(no {MARKER} marker\\)"):
+        check_replaceable(target, "run", force=True)
+    write_marker(target, "bundle")
+    with pytest.raises(RunDirError, match="is a dlsa-prod bundle directory, not a run"):
+        check_replaceable(target, "run", force=True)
+    write_marker(target, "run")
+    assert check_replaceable(target, "run", force=True) == target
+    # never a directory holding an input, the cwd or a parent of it, or a symbolic link
+    with pytest.raises(RunDirError, match="holds .*train.npz, an input of this command"):
+        check_replaceable(target, "run", [target / "sub" / "train.npz"], force=True)
+    monkeypatch.chdir(target / "sub")
+    with pytest.raises(RunDirError, match="is the current directory or holds it"):
+        check_replaceable(target, "run", force=True)
+    with pytest.raises(RunDirError, match="is the current directory"):
+        check_replaceable(Path("."), "run", force=True)
+    (tmp_path / "link").symlink_to(target)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RunDirError, match="symbolic link"):
+        check_replaceable(tmp_path / "link", "run", force=True)
+    assert (target / "sub" / "thesis.tex").read_text() == "years of work"
+
+
+def test_train_force_refuses_before_any_work(tiny_files, tmp_path, monkeypatch):
+    train, test = tiny_files
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config_dict(train, test)))
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "sub" / "thesis.tex").write_text("keep me")
+    runner = CliRunner()
+    res = runner.invoke(main, ["train", str(cfg), "--out", str(tmp_path / "d"), "--force"])
+    assert res.exit_code == 2 and "not written by dlsa-prod" in res.output
+    assert res.output.count("\n") == 1 and (tmp_path / "d" / "sub" / "thesis.tex").read_text() == "keep me"
+    res = runner.invoke(main, ["train", str(cfg), "--out", str(tmp_path), "--force"])  # holds the config and data
+    assert res.exit_code == 2 and "an input of this command" in res.output
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(main, ["train", str(cfg), "--out", ".", "--force"])
+    assert res.exit_code == 2 and "is the current directory" in res.output and "data:" not in res.output
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_train_force_replaces_its_own_run(tiny_run, tmp_path):
+    run = tiny_run / "run"
+    assert read_marker(run)["kind"] == "run"
+    res = CliRunner().invoke(main, ["train", str(tiny_run / "conf" / "c.yaml"), "--out", str(run), "--force",
+                                    "--set", "seed=3"])
+    assert res.exit_code == 0, res.output
+    assert yaml.safe_load((run / "config.yaml").read_text())["seed"] == 3
+    assert not [p for p in tiny_run.iterdir() if p.name.startswith(".run.")]
+
+
+# ----------------------------------------------------------------------------- leftovers of killed runs
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_remove_stale_only_touches_marked_dead_leftovers(tmp_path):
+    dead = _dead_pid()
+    stale = tmp_path / f".run.partial-{dead}"
+    stale.mkdir()
+    write_marker(stale, "run")
+    unmarked = tmp_path / f".mine.partial-{dead}"  # same pattern, but not ours: kept
+    unmarked.mkdir()
+    live = tmp_path / f".run.exporting-{os.getppid()}"  # process still alive: kept
+    live.mkdir()
+    write_marker(live, "bundle")
+    assert remove_stale(tmp_path) == [stale]
+    assert not stale.exists() and unmarked.is_dir() and live.is_dir()
+
+
+def test_staging_dir_of_a_killed_process_is_removed_by_the_next_run(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys, time
+        from dlsa_prod.run_dir import StagingDir
+        s = StagingDir({str(tmp_path / 'run')!r}, force=False)
+        print(s.path, flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    left = Path(proc.stdout.readline().strip())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    assert left.is_dir() and left.name == f".run.partial-{proc.pid}"
+    staging = StagingDir(tmp_path / "run", force=False)
+    assert not left.exists()
+    staging.commit()
+    assert read_marker(tmp_path / "run")["kind"] == "run"
+
+
+# ----------------------------------------------------------------------------- weights verified on load
+def test_weights_carry_sha256_and_are_verified(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "run", run)
+    meta = json.loads((run / "meta.json").read_text())
+    assert set(meta["sha256"]) == {"model.safetensors", "baseline_CE.safetensors"}
+    data = bytearray((run / "model.safetensors").read_bytes())
+    data[-5] ^= 0xFF
+    (run / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(RunDirError, match=r"model.safetensors: sha256 differs from the one recorded in meta.json"):
+        load_run(run)
+    res = CliRunner().invoke(main, ["eval", str(run)])
+    assert res.exit_code == 2 and res.output.startswith("error: ") and res.output.count("\n") == 1
+    # a truncated file (sha256 not recorded, as in older runs) is named as unreadable, not a traceback
+    (run / "model.safetensors").write_bytes(bytes(data[:100]))
+    del meta["sha256"]
+    (run / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(RunDirError, match=r"model.safetensors: not a readable safetensors file"):
+        load_run(run)
+
+
+def test_load_state_mismatch_errors(tmp_path):
+    from dlsa_prod.run_dir import save_module
+
+    path = tmp_path / "w.safetensors"
+    save_module(torch.nn.Linear(4, 3), path)
+    load_state(torch.nn.Linear(4, 3), path)  # fits
+    with pytest.raises(RunDirError, match=r"w.safetensors: does not match the run's config \(size mismatch"):
+        load_state(torch.nn.Linear(5, 3), path)
+    with pytest.raises(RunDirError, match=r"w.safetensors: does not match the run's config \(Missing key"):
+        load_state(torch.nn.Sequential(torch.nn.Linear(4, 3)), path)
+    with pytest.raises(RunDirError, match=r"w.safetensors: does not match the run's config \(Unexpected key"):
+        load_state(torch.nn.Linear(4, 3, bias=False), path)
+    with pytest.raises(RunDirError, match="nope.safetensors: missing"):
+        load_state(torch.nn.Linear(4, 3), tmp_path / "nope.safetensors")
+
+
+# ----------------------------------------------------------------------------- relative paths, eval default
+def test_relative_paths_are_stored_absolute_and_commands_work_elsewhere(tiny_run, tmp_path, monkeypatch):
+    saved = yaml.safe_load((tiny_run / "run" / "config.yaml").read_text())
+    assert saved["data"]["train"] == str(tiny_run / "data" / "train.npz")
+    monkeypatch.chdir(tmp_path)  # elsewhere: eval (own test split) and report still find the data
+    runner = CliRunner()
+    res = runner.invoke(main, ["eval", str(tiny_run / "run"), "--json", "m.json"])
+    assert res.exit_code == 0, res.output
+    assert "test split" in res.output
+    test = json.loads((tiny_run / "run" / "metrics.json").read_text())["test"]
+    assert json.loads((tmp_path / "m.json").read_text())["dlsa"]["accuracy"] == pytest.approx(test["dlsa"]["accuracy"])
+    res = runner.invoke(main, ["report", str(tiny_run / "run"), "--out", "rep"])
+    assert res.exit_code == 0, res.output
+    assert read_marker(tmp_path / "rep")["kind"] == "report" and (tmp_path / "rep" / "cluster_purity.png").is_file()
+    res = runner.invoke(main, ["report", str(tiny_run / "run"), "--out", "rep", "--bins", "2"])  # replaces its own
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["report", str(tiny_run / "run"), "--out", str(tiny_run / "run")])
+    assert res.exit_code == 2 and "run: is " in res.output and "an input of this command" in res.output
+    (tmp_path / "other").mkdir()
+    write_marker(tmp_path / "other", "run")
+    res = runner.invoke(main, ["report", str(tiny_run / "run"), "--out", "other"])
+    assert res.exit_code == 2 and "is a dlsa-prod run directory, not a report" in res.output
+
+
+def test_report_failing_midway_leaves_no_half_written_directory(tiny_run, tmp_path, monkeypatch):
+    from dlsa_prod import report
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(report, "plot_confusion_by_frequency", broken)  # after three plots are written
+    with pytest.raises(RuntimeError, match="disk full"):
+        report.write_report(tiny_run / "run", tmp_path / "rep")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_commands_create_no_directories(tiny_run, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["report", str(tmp_path / "no_run")])
+    assert res.exit_code == 2 and "no_run: run directory not found" in res.output and res.output.count("\n") == 1
+    res = runner.invoke(main, ["report", str(tiny_run / "run"), "--out", str(tmp_path / "a" / "b" / "rep"),
+                               "--features", str(tmp_path / "missing.npz")])
+    assert res.exit_code == 2 and "missing.npz" in res.output
+    assert list(tmp_path.iterdir()) == []  # neither the run's path nor the output's parents were created
+    staging = StagingDir(tmp_path / "x" / "y" / "out", force=False)
+    (tmp_path / "x" / "keep").mkdir()  # appeared meanwhile: kept, with its parent
+    staging.abort()
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["keep"]
+
+
+def test_staging_dir_as_a_context_aborts_on_any_exception(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with StagingDir(tmp_path / "new" / "out", force=False) as staging:
+            (staging.path / "half.txt").write_text("half")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    with StagingDir(tmp_path / "out", force=False) as staging:
+        (staging.path / "whole.txt").write_text("whole")
+        staging.commit()
+    assert (tmp_path / "out" / "whole.txt").read_text() == "whole" and read_marker(tmp_path / "out")["kind"] == "run"
+
+
+def test_commit_replaces_its_own_directory_despite_an_old_leftover_of_this_pid(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    write_marker(target, "run")
+    (target / "previous.txt").write_text("previous")
+    leftover = tmp_path / f".out.old-{os.getpid()}"  # an earlier process with this PID was killed mid-commit
+    leftover.mkdir()
+    write_marker(leftover, "run")
+    (leftover / "x.txt").write_text("x")
+    with StagingDir(target, force=True) as staging:
+        (staging.path / "new.txt").write_text("new")
+        staging.commit()
+    assert sorted(p.name for p in target.iterdir()) == [MARKER, "new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_an_output_that_cannot_be_created_is_one_line(tiny_run, tmp_path):
+    (tmp_path / "afile").write_text("mine")
+    res = CliRunner().invoke(main, ["report", str(tiny_run / "run"), "--out", str(tmp_path / "afile" / "rep")])
+    assert res.exit_code == 2 and res.output.count("\n") == 1
+    assert "afile/rep: cannot create the output directory here" in res.output
+    assert (tmp_path / "afile").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
