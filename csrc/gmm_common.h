@@ -75,6 +75,12 @@ inline at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
   return t.has_value() && t->numel() > 0 ? t->contiguous() : at::Tensor();
 }
 
+// data pointer of an optional input (undefined when absent), or nullptr
+template <typename T>
+inline const T* optional_ptr(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
 // The inputs every GMM kernel starts from: checked, contiguous, with their sizes.
 struct GMMInputs {
   at::Tensor u, means, log_det;  // log_det: undefined when absent

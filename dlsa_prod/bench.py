@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle_spec import BACKBONE, read_spec
+from .bundle_spec import BACKBONE, BundleSpec, read_spec
 from .errors import DLSAError
 from .runtime import Runtime
 
@@ -111,11 +111,11 @@ def _eager(spec, run_dir, threads: int):
     return eager
 
 
-def run_bench(bundle: Path, batches: list[int], layouts: list[str] | None = None, providers=("cpu",),
+def run_bench(bundle: Path | BundleSpec, batches: list[int], layouts: list[str] | None = None, providers=("cpu",),
               warmup: float = 1.0, duration: float = 3.0, run_dir: Path | None = None, threads: int = 0,
               backends=("onnxruntime",), allow_fallback: bool = False) -> tuple[list[dict], dict]:
-    """(rows, info); info names the thread count and what ran."""
-    spec = read_spec(bundle)
+    """(rows, info); info names the thread count and what ran.  BUNDLE: a path, or a spec already read."""
+    spec = bundle if isinstance(bundle, BundleSpec) else read_spec(bundle)
     layouts = list(layouts or spec.layouts)
     for lay in layouts:
         spec.graphs(lay)  # one line for a layout the bundle lacks
@@ -198,6 +198,6 @@ def bench_command(bundle, batches: str, providers, layout: str | None, warmup, d
     layouts = None if layout in (None, "all") else (["fused", "staged"] if layout == "both" else [layout])
     if run_dir is None and (Path(bundle).parent / "meta.json").is_file():
         run_dir = Path(bundle).parent
-    rows, info = run_bench(spec.path, sizes, layouts, list(providers), warm, dur, run_dir, threads,
+    rows, info = run_bench(spec, sizes, layouts, list(providers), warm, dur, run_dir, threads,
                            list(backends), allow_fallback)
     return rows, format_rows(rows, info)

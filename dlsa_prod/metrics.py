@@ -87,10 +87,16 @@ def display_name(key: str) -> str:
     return "DLSA" if key == "dlsa" else key.replace("plain_", "plain ")
 
 
+def method_metrics(metrics: dict) -> dict:
+    """The method entries of a split's metrics ({"dlsa": m, "plain_BSM": m, ...}); entries that are
+    not method metrics, e.g. "best_on_val", are left out."""
+    return {k: v for k, v in metrics.items() if isinstance(v, dict) and "accuracy" in v}
+
+
 def display_rows(metrics: dict) -> dict:
     """{"dlsa": m, "plain_BSM": m, ...} -> {"DLSA": m, "plain BSM": m, ...} for format_table
     (entries that are not method metrics, e.g. "best_on_val", are left out)."""
-    return {display_name(k): v for k, v in metrics.items() if isinstance(v, dict) and "accuracy" in v}
+    return {display_name(k): v for k, v in method_metrics(metrics).items()}
 
 
 def best_method(val_metrics: dict, key: str = "accuracy") -> str:

@@ -24,7 +24,7 @@ import torch
 from .data import FeatureSet, read_features
 from .errors import DLSAError
 from .evaluation import cascade_predictions, classifier_predictions
-from .metrics import classification_metrics, format_table, run_shot_thresholds, shot_groups
+from .metrics import classification_metrics, format_table, routing_by_class, run_shot_thresholds, shot_groups
 from .run_dir import LoadedRun, StagingDir, check_replaceable, load_run
 from .training.cluster_stats import cluster_class_histogram
 
@@ -120,11 +120,8 @@ def plot_per_class_accuracy(s: Scored, counts: np.ndarray, path: Path) -> None:
 def plot_routing_by_class(s: Scored, counts: np.ndarray, depth: int, path: Path) -> None:
     plt, c = _plt(), len(counts)
     order = np.argsort(-counts, kind="stable")
-    share = np.zeros((c, depth + 1))
-    for k in range(c):
-        e = s.exits[s.labels == k]
-        if e.size:
-            share[k] = np.bincount(e, minlength=depth + 2)[1:] / e.size
+    # [class, exit]; a class without samples shows no bar
+    share = np.nan_to_num(np.array(routing_by_class(s.exits, s.labels, depth, c), dtype=float).T)
     fig, ax = plt.subplots(figsize=(8, 3.5))
     bottom = np.zeros(c)
     for d in range(depth + 1):

@@ -58,15 +58,14 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def save_module(module: torch.nn.Module, path: Path) -> str:
-    """Write a module's state as safetensors (temp file, then rename); return the file's sha256."""
+def save_module(module: torch.nn.Module, path: Path) -> None:
+    """Write a module's state as safetensors (temp file, then rename)."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     save_file(state, str(tmp))
     os.replace(tmp, path)
-    return sha256_file(path)
 
 
 # ----------------------------------------------------------------------------- output directories

@@ -14,12 +14,13 @@ directory and renamed into place, like a run.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from .config import RunConfig
-from .metrics import display_name
+from .metrics import display_name, method_metrics
 from .run_dir import StagingDir, write_json
 
 log = logging.getLogger("dlsa_prod")
@@ -53,7 +54,7 @@ def mean_std(values: list) -> dict:
 
 def summarise(per_seed: dict[int, dict], split: str = "test") -> dict:
     """{method key: {metric: mean_std}} over the seeds' metrics of `split`."""
-    methods = [k for k, v in next(iter(per_seed.values()))[split].items() if isinstance(v, dict) and "accuracy" in v]
+    methods = list(method_metrics(next(iter(per_seed.values()))[split]))
     return {m: {key: mean_std([per_seed[s][split][m].get(key) for s in per_seed]) for key, _ in SUMMARY_KEYS}
             for m in methods}
 
@@ -91,9 +92,7 @@ def run_seeds(cfg: RunConfig, out: Path, seeds: list[int], force: bool = False) 
             per_seed[seed] = run_training(run_cfg, staging.path / f"seed_{seed}")
         summary = {"seeds": seeds, "test": summarise(per_seed, "test"), "val": summarise(per_seed, "val"),
                    "best_on_val": [per_seed[s]["best_on_val"] for s in seeds]}
-        counts: dict[str, int] = {}
-        for b in summary["best_on_val"]:
-            counts[b] = counts.get(b, 0) + 1
+        counts = Counter(summary["best_on_val"])
         table = format_summary(summary["test"], f"test split, mean ± std over seeds {seeds} (accuracy %)", counts)
         write_json(staging.path / "seeds_summary.json", summary)
         (staging.path / "seeds_summary.md").write_text(table + "\n")

@@ -34,7 +34,7 @@ from .config import RunConfig, config_from_dict, config_to_yaml
 from .data import FeatureSet, Splits
 from .errors import ConfigError, RunDirError
 from .evaluation import cascade_predictions
-from .metrics import best_baseline, display_name
+from .metrics import best_baseline, display_name, method_metrics
 
 log = logging.getLogger("dlsa_prod")
 
@@ -290,10 +290,10 @@ def _search(cfg: RunConfig, out: Path, candidates: int, device) -> dict:
     result = {
         "seed": cfg.seed, "chosen": cands[chosen], "chosen_index": chosen,
         "selection_scores": {str(r): {_key(cands[i]): s for i, s in sc.items()} for r, sc in scores.items()},
-        "selection_accuracy": {k: v["accuracy"] for k, v in sel.items() if isinstance(v, dict) and "accuracy" in v},
+        "selection_accuracy": {k: v["accuracy"] for k, v in method_metrics(sel).items()},
         "best_baseline_on_val": None if best_base is None else best_base.removeprefix("plain_"),
         "dlsa_beats_best_baseline_on_val": beats, "best_on_val": metrics["best_on_val"],
-        "test": {k: v for k, v in metrics["test"].items()}, "small_val_warning": warning,
+        "test": metrics["test"], "small_val_warning": warning,
         "val_split": "halves: epochs on the epoch half, configurations and baselines on the selection half",
     }
     write_json(out / "tune_result.json", result)

@@ -14,6 +14,11 @@ OUT="${OUT:-/tmp/dlsa_gpu_out}"
 mkdir -p "$OUT"
 SECTIONS=",${GPU_CHECK_SECTIONS:-ops,serve,train,precision,torchrun},"
 want() { [[ "$SECTIONS" == *",$1,"* ]]; }
+for s in ${SECTIONS//,/ }; do
+  case "$s" in ops|serve|train|precision|torchrun) ;;
+    *) echo "error: GPU_CHECK_SECTIONS: unknown section '$s' (ops, serve, train, precision, torchrun)" >&2; exit 2 ;;
+  esac
+done
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \

@@ -162,8 +162,8 @@ GmmFwdResult gmm_loglik_fwd_cpu(const at::Tensor& u_, const at::Tensor& means_,
     row_sq_norms(u.data_ptr<scalar_t>(), b, dim, un.data_ptr<scalar_t>());
     row_sq_norms(means.data_ptr<scalar_t>(), k, dim, mn.data_ptr<scalar_t>());
     fused_forward<scalar_t>(dot.data_ptr<scalar_t>(), un.data_ptr<scalar_t>(), mn.data_ptr<scalar_t>(),
-                            ld.defined() ? ld.data_ptr<scalar_t>() : nullptr, static_cast<scalar_t>(in.log_k()), b,
-                            k, dim, loglik.data_ptr<scalar_t>(), cluster.data_ptr<int64_t>());
+                            optional_ptr<scalar_t>(ld), static_cast<scalar_t>(in.log_k()), b, k, dim,
+                            loglik.data_ptr<scalar_t>(), cluster.data_ptr<int64_t>());
   });
   at::Tensor log_probs = return_log_probs ? dot : at::empty({0, k}, u.options());
   return {loglik, cluster, log_probs};
@@ -191,14 +191,14 @@ GmmBwdResult gmm_loglik_bwd_cpu(const at::Tensor& grad_loglik, const std::option
       auto mn = at::empty({k}, u.options());
       row_sq_norms(u.data_ptr<scalar_t>(), b, dim, un.data_ptr<scalar_t>());
       row_sq_norms(means.data_ptr<scalar_t>(), k, dim, mn.data_ptr<scalar_t>());
-      add_norm_terms<scalar_t>(G, un.data_ptr<scalar_t>(), mn.data_ptr<scalar_t>(),
-                               ld.defined() ? ld.data_ptr<scalar_t>() : nullptr, b, k, dim);
+      add_norm_terms<scalar_t>(G, un.data_ptr<scalar_t>(), mn.data_ptr<scalar_t>(), optional_ptr<scalar_t>(ld), b, k,
+                               dim);
     }
     const scalar_t log_k = static_cast<scalar_t>(in.fwd.log_k());
     const scalar_t* S = src.data_ptr<scalar_t>();
     const scalar_t* glv = in.grad_loglik.data_ptr<scalar_t>();
     const scalar_t* llv = in.loglik.data_ptr<scalar_t>();
-    const scalar_t* glpv = in.grad_log_probs.defined() ? in.grad_log_probs.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* glpv = optional_ptr<scalar_t>(in.grad_log_probs);
     const scalar_t* uv = u.data_ptr<scalar_t>();
     scalar_t* rs = rowsum.data_ptr<scalar_t>();
     scalar_t* gu = grad_u.data_ptr<scalar_t>();

@@ -37,11 +37,6 @@ namespace {
 
 namespace ck = cuda_kernels;
 
-template <typename T>
-const T* optional_ptr(const at::Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
-}
-
 GmmFwdResult gmm_loglik_fwd_cuda(const at::Tensor& u_, const at::Tensor& means_,
                                  const std::optional<at::Tensor>& log_det, bool return_log_probs) {
   const GMMInputs in = checked_gmm_inputs(u_, means_, log_det);

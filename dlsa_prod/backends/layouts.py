@@ -31,9 +31,6 @@ class NumpyOps:
     def rows(self, a) -> int:
         return int(a.shape[0])
 
-    def host(self, a) -> np.ndarray:
-        return a
-
 
 NUMPY = NumpyOps()
 

@@ -96,9 +96,13 @@ def timing_cache_path(trt, cc: str) -> Path:
     return user_cache_dir() / "tensorrt" / f"timing-{trt.__version__}-sm{cc}.cache"
 
 
-def set_precision(trt, config, precision: str) -> None:
+def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise DLSAError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def set_precision(trt, config, precision: str) -> None:
+    check_precision(precision)
     has_tf32 = hasattr(trt.BuilderFlag, "TF32")
     if precision == "fp32":
         if has_tf32:

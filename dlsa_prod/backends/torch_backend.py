@@ -24,7 +24,7 @@ import numpy as np
 
 from ..bundle_spec import FUSED, REGULAR, SINGLE, BundleError, BundleSpec, classifier_name, filter_name
 from ..errors import DLSAError
-from .layouts import TorchOps
+from .layouts import TorchOps, run_staged
 
 TORCH_DIR = "torch"
 
@@ -180,8 +180,6 @@ class TorchExecutor:
         return calls
 
     def _staged(self, x):
-        from .layouts import run_staged
-
         return run_staged(self.calls, self.specs, x, self.spec.thresholds, self.spec.depth, self.ops)
 
     def describe(self) -> str:

@@ -72,10 +72,9 @@ def check_options(layouts, trt: TrtOptions | None, triton: bool) -> None:
         if "staged" not in layouts and SINGLE not in layouts:
             raise DLSAError("--trt builds engines for the staged graphs: export with --layout staged or both")
         from ..backends.device_memory import default_memory
-        from ..backends.tensorrt_build import PRECISIONS, batch_profile, import_tensorrt
+        from ..backends.tensorrt_build import batch_profile, check_precision, import_tensorrt
 
-        if trt.precision not in PRECISIONS:
-            raise DLSAError(f"--precision must be one of {', '.join(PRECISIONS)}, got {trt.precision!r}")
+        check_precision(trt.precision)
         batch_profile(trt.batches)
         import_tensorrt()
         if trt.memory is None:
@@ -238,8 +237,7 @@ def _write(staging: Path, run, name, layouts, inputs: ParityInputs, class_names,
     if trt is not None:
         from ..backends.tensorrt_build import build_engines
 
-        engine_layouts = [lay for lay in spec.layouts]
-        manifest["engines"] = build_engines(staging, spec, engine_layouts, batch, trt.precision, trt.workspace,
+        manifest["engines"] = build_engines(staging, spec, spec.layouts, batch, trt.precision, trt.workspace,
                                             trt.memory)
         manifest["files"] = hash_files(staging, exclude=("samples.npy",))
         write_manifest(staging, manifest)

@@ -135,13 +135,6 @@ def adjust_bias(model: FeatureClassifier, shift: torch.Tensor) -> FeatureClassif
     return out
 
 
-def val_accuracy(model: FeatureClassifier, val: ClassifierData, shift: torch.Tensor | None = None) -> float:
-    logits = predict_logits(model, val)
-    if shift is not None:
-        logits = logits + shift
-    return float((logits.argmax(1) == val.y).float().mean()) if len(val) else float("nan")
-
-
 def _train_la(ctx: BaselineContext) -> Baseline:
     ce = ctx.get("CE")
     if not isinstance(ce.model.head_x[-1], nn.Linear):
@@ -167,8 +160,7 @@ def _train_crt(ctx: BaselineContext) -> Baseline:
         for k in fresh_state:
             if k.startswith(last):
                 state[k] = fresh_state[k].to(state[k].device)
-    res = ctx.fit("cRT", ctx.classifier_config("CE", "class-balanced"), init_state=state)
-    return res
+    return ctx.fit("cRT", ctx.classifier_config("CE", "class-balanced"), init_state=state)
 
 
 REGISTRY: dict[str, Callable[[BaselineContext], Baseline]] = {

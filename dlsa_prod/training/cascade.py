@@ -85,6 +85,10 @@ class _Remaining:
 
 @dataclass
 class _Filter:
+    xd: torch.Tensor  # the remaining training / val samples this depth was trained on
+    yd: torch.Tensor
+    xv: torch.Tensor
+    yv: torch.Tensor
     flow: object
     threshold: float
     priors: torch.Tensor
@@ -158,7 +162,7 @@ def _train_filter(rem: _Remaining, d: int, c: int, cfg: RunConfig, generator: to
     out_va, cont_va = filter_split(ll_va, thr)
     log.info("depth %d: threshold %.4g; %d/%d training and %d/%d val samples exit here",
              d, thr, out_tr.numel(), rem.tr.numel(), out_va.numel(), rem.va.numel())
-    return _Filter(flow, thr, priors, cl_tr, cl_va, out_tr, cont_tr, out_va, cont_va)
+    return _Filter(xd, yd, xv, yv, flow, thr, priors, cl_tr, cl_va, out_tr, cont_tr, out_va, cont_va)
 
 
 def warm_state_for_exit(base: FeatureClassifier, target: FeatureClassifier) -> dict | None:
@@ -208,8 +212,7 @@ def _choose_mix(clf: FeatureClassifier, base: FeatureClassifier, val: Classifier
 def _train_exit_classifier(rem: _Remaining, f: _Filter, d: int, c: int, cfg: RunConfig,
                            generator: torch.Generator, base: FeatureClassifier | None, split_labels: tuple):
     """Depth d's cluster-aided classifier on the exiting samples (epoch selected on exiting val samples)."""
-    xd, yd = rem.x_tr[rem.tr], rem.y_tr[rem.tr]
-    xv, yv = rem.x_va[rem.va], rem.y_va[rem.va]
+    xd, yd, xv, yv = f.xd, f.yd, f.xv, f.yv
     train = ClassifierData(xd[f.out_tr], yd[f.out_tr], f.priors[f.cl_tr[f.out_tr]])
     val = ClassifierData(xv[f.out_va], yv[f.out_va], f.priors[f.cl_va[f.out_va]])
     init = None
@@ -293,7 +296,7 @@ def _train_regular(rem: _Remaining, c: int, cfg: RunConfig, generator: torch.Gen
 
 
 def _depth_report(d: int, f: _Filter, rem: _Remaining, res, mix, c: int) -> dict:
-    exiting_counts = torch.bincount(rem.y_tr[rem.tr][f.out_tr].cpu(), minlength=c)
+    exiting_counts = torch.bincount(f.yd[f.out_tr].cpu(), minlength=c)
     return {
         "depth": d, "threshold": f.threshold, "train_samples": int(rem.tr.numel()), "train_exit": int(f.out_tr.numel()),
         "val_samples": int(rem.va.numel()), "val_exit": int(f.out_va.numel()),

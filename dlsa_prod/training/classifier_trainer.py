@@ -23,7 +23,7 @@ from ..config import ClassifierConfig
 from ..errors import DLSAError
 from ..models import FeatureClassifier
 from .grad_sync import GradientSync
-from .losses import classification_loss
+from .losses import balanced_softmax_loss, classification_loss
 from .options import TrainOptions, active_options
 from .precision import forward_autocast, matmul_precision
 from .samplers import ClassIndex, device_generator, epoch_order
@@ -121,8 +121,11 @@ def train_classifier(train: ClassifierData, val: ClassifierData, num_classes: in
             with forward_autocast(opts.precision, device):
                 logits = forward(xb, prior)
             yb = train.y.index_select(0, idx)
-            loss = classification_loss(logits.float() + log_prior if bsm else logits.float(), yb, smoothing,
-                                       (e - s) if dist.enabled else None)
+            denom = (e - s) if dist.enabled else None
+            if bsm:
+                loss = balanced_softmax_loss(logits.float(), yb, log_prior, smoothing, denom)
+            else:
+                loss = classification_loss(logits.float(), yb, smoothing, denom)
             opt.zero_grad(set_to_none=False)
             loss.backward()
             grads.all_reduce()

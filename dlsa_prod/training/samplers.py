@@ -62,9 +62,6 @@ class PairSampler:
         self.generator = generator
         self.has_negatives = self.index.num_present > 1
 
-    def __len__(self) -> int:
-        return -(-self.n // self.batch_size)
-
     def sample_batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         c = self.index.num_present
         present = self.index.present
@@ -83,11 +80,6 @@ class PairSampler:
     def batch_bounds(self):
         return [(s, min(s + self.batch_size, self.n)) for s in range(0, self.n, self.batch_size)]
 
-    def __iter__(self):
-        pos, neg = self.epoch()
-        for s, e in self.batch_bounds():
-            yield pos[s:e], None if neg is None else neg[s:e]
-
 
 def epoch_order(labels: torch.Tensor, num_classes: int, balanced: bool, generator: torch.Generator,
                 index: ClassIndex | None = None) -> torch.Tensor:
@@ -98,9 +90,3 @@ def epoch_order(labels: torch.Tensor, num_classes: int, balanced: bool, generato
         index = index if index is not None else ClassIndex(labels, num_classes)
         return index.balanced_draw(n, generator)
     return torch.randperm(n, generator=generator, device=labels.device)
-
-
-def epoch_batches(labels, num_classes: int, batch_size: int, balanced: bool, generator: torch.Generator):
-    """Index batches (views) for one classifier epoch."""
-    labels = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(np.asarray(labels))
-    return list(torch.split(epoch_order(labels, num_classes, balanced, generator), batch_size))
