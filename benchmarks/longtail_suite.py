@@ -74,6 +74,46 @@ VARIANTS = {
                         {"cascade.route_prior": True, "cascade.route_share_from": "val"}),
     "combined": ("prior_shift + mix_base + warm_start",
                  {"cascade.regular": "prior_shift", "cascade.mix_base": True, "cascade.warm_start": True}),
+    "crossfit": ("research cascade with 2-fold cross-fitted routing: each training sample routed by a flow "
+                 "that never saw it", {"cascade.crossfit_folds": 2}),
+    "crossfit_route": ("cross-fitted routing + route prior", {"cascade.crossfit_folds": 2, "cascade.route_prior": True}),
+    "crossfit_route_warm": ("cross-fitted routing + route prior + warm start",
+                            {"cascade.crossfit_folds": 2, "cascade.route_prior": True, "cascade.warm_start": True}),
+    "on_cRT_route_cf": ("on_cRT_route with 2-fold cross-fitted routing",
+                        {"cascade.base": "cRT", "cascade.regular": "prior_shift", "cascade.mix_base": True,
+                         "cascade.route_prior": True, "cascade.crossfit_folds": 2}),
+    "on_cRT_route_cf3": ("on_cRT_route with 3-fold cross-fitted routing",
+                         {"cascade.base": "cRT", "cascade.regular": "prior_shift", "cascade.mix_base": True,
+                          "cascade.route_prior": True, "cascade.crossfit_folds": 3}),
+    "crossfit3": ("research cascade with 3-fold cross-fitted routing", {"cascade.crossfit_folds": 3}),
+    "on_cRT_route_tau": ("on_cRT_route with the route prior strength chosen on val",
+                         {"cascade.base": "cRT", "cascade.regular": "prior_shift", "cascade.mix_base": True,
+                          "cascade.route_prior": True, "cascade.route_prior_strength": "val"}),
+    "on_cRT_route_cf_tau": ("on_cRT_route_cf with the route prior strength chosen on val",
+                            {"cascade.base": "cRT", "cascade.regular": "prior_shift", "cascade.mix_base": True,
+                             "cascade.route_prior": True, "cascade.crossfit_folds": 2,
+                             "cascade.route_prior_strength": "val"}),
+    "crossfit_route_tau": ("cross-fitted routing + route prior, strength chosen on val",
+                           {"cascade.crossfit_folds": 2, "cascade.route_prior": True,
+                            "cascade.route_prior_strength": "val"}),
+    "on_cRT_cf_tau0": ("on_cRT_route_cf at route prior strength 0: the regular classifier is cRT itself, exits "
+                       "mixed with cRT (the Bayes view: the route is a function of x, so a calibrated posterior "
+                       "needs no route prior)",
+                       {"cascade.base": "cRT", "cascade.regular": "prior_shift", "cascade.mix_base": True,
+                        "cascade.route_prior": True, "cascade.crossfit_folds": 2, "cascade.route_prior_strength": 0.0}),
+    "crossfit_deployed": ("research cascade, cross-fit routing 'deployed': one flow trained on half the samples "
+                          "routes all of them at its held-out half's threshold",
+                          {"cascade.crossfit_folds": 2, "cascade.crossfit_routing": "deployed"}),
+    "on_cRT_route_cfd": ("on_cRT_route with cross-fit routing 'deployed'",
+                         {"cascade.base": "cRT", "cascade.regular": "prior_shift", "cascade.mix_base": True,
+                          "cascade.route_prior": True, "cascade.crossfit_folds": 2,
+                          "cascade.crossfit_routing": "deployed"}),
+    "on_cRT_route_cfd_tau": ("on_cRT_route_cfd with the route prior strength chosen on val",
+                             {"cascade.base": "cRT", "cascade.regular": "prior_shift", "cascade.mix_base": True,
+                              "cascade.route_prior": True, "cascade.crossfit_folds": 2,
+                              "cascade.crossfit_routing": "deployed", "cascade.route_prior_strength": "val"}),
+    "crossfit_cRT_mix": ("cross-fitted routing, exits mixed with cRT (weight on val), regular trained on the remainder",
+                         {"cascade.crossfit_folds": 2, "cascade.base": "cRT", "cascade.mix_base": True}),
 }
 
 
@@ -109,7 +149,8 @@ def feature_config(name: str, feat_dir: Path, overrides: dict, device: str) -> "
 # Every variant starts from the research cascade, whatever the config's own cascade section says.
 RESEARCH_CASCADE = {"cascade.base": "BSM", "cascade.regular": "train", "cascade.mix_base": False,
                     "cascade.route_prior": False, "cascade.warm_start": False, "cascade.prior_temperature": 1.0,
-                    "cascade.route_share_from": "train"}
+                    "cascade.route_share_from": "train", "cascade.crossfit_folds": 0,
+                    "cascade.crossfit_routing": "out_of_fold", "cascade.route_prior_strength": 1.0}
 
 
 def run_variant(name: str, variant: str, seeds: list[int], root: Path, features_root: Path, device: str) -> dict:

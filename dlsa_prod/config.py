@@ -230,6 +230,37 @@ class CascadeConfig(_Section):
                              "(which the flow fitted, so tail shares come out too high) or the held-out val samples"
     )
 
+    route_prior_strength: Union[float, Literal["val"]] = Field(
+        1.0, description="tau scaling the route-share part of the route prior and of prior_shift (1: the full "
+                         "log share; 0: none); \"val\": one tau for the cascade chosen on val from 1, .75, .5, .25, 0"
+    )
+    crossfit_folds: int = Field(
+        0, description="0: the flow routes its own training samples (research); F >= 2: each training sample is "
+                       "routed by a flow trained on the other F - 1 class-stratified folds, so training samples "
+                       "exit as often as unseen ones (F flows per depth; the first is deployed)"
+    )
+
+    crossfit_routing: Literal["out_of_fold", "deployed"] = Field(
+        "out_of_fold", description="with crossfit_folds: out_of_fold routes each fold with the flow trained "
+                                   "without it; deployed trains only the deployed flow (without fold 1) and routes "
+                                   "every training sample with it, at the threshold and cluster priors of its "
+                                   "held-out fold.  Either way route shares are counted on that held-out fold"
+    )
+
+    @field_validator("route_prior_strength")
+    @classmethod
+    def _strength(cls, v):
+        if v != "val" and not 0 <= v <= 4:
+            raise ValueError("route_prior_strength must be \"val\" or a number in [0, 4]")
+        return v
+
+    @field_validator("crossfit_folds")
+    @classmethod
+    def _folds(cls, v):
+        if v == 1 or v < 0:
+            raise ValueError("crossfit_folds must be 0 (off) or at least 2")
+        return v
+
     @field_validator("llh_proportions")
     @classmethod
     def _proportions(cls, v):

@@ -7,9 +7,12 @@ the cost at one training per candidate; k-fold over train + val would multiply i
 re-split the long tail's few tail samples again and again (docs/benchmarks.md).
 
 Search: the config itself plus ``candidates - 1`` configurations drawn (seeded) from SPACE
-(depth, K, per-depth llh_proportion, classifier loss / type / sampler, cascade preset),
+(depth, K, per-depth llh_proportion, classifier loss / type / sampler, cascade preset,
+cross-fitted routing or not),
 by successive halving: every candidate trains with a third of the epochs, the best third
-(at least 2) train with the full epochs.  Every finished evaluation is stored in
+(at least 2, always including the config as given) train with the full epochs; a candidate
+replaces the config as given only if it beats it on the selection half by more than one standard
+error (``pick_final``).  Every finished evaluation is stored in
 ``tune_state.json`` at once, so an interrupted tune resumes where it stopped.
 
 Writes into OUT: chosen_config.yaml, tune_result.json (every score, the choice, the chosen
@@ -51,6 +54,7 @@ SPACE = {
     "classifier.type": ["linear", "cosine"],
     "classifier.sampler": ["none", "class-balanced"],
     "cascade.preset": ["research", "route_prior", "on_BSM", "on_cRT"],
+    "cascade.crossfit_folds": [0, 2],
 }
 # cascade options (see CascadeConfig): the research method, and the variants that won on val in docs/benchmarks.md
 PRESETS = {"research": {"cascade.regular": "train", "cascade.mix_base": False, "cascade.route_prior": False},
@@ -90,7 +94,8 @@ def candidate_overrides(choice: dict, cfg: RunConfig) -> dict:
     k = cfg.gmflow.model.num_cluster
     out = {"max_depth": choice["max_depth"],
            "gmflow.model.num_cluster": k if choice["gmflow.model.num_cluster"] == "K" else max(2, k // 2),
-           "cascade.llh_proportions": choice["cascade.llh_proportions"]}
+           "cascade.llh_proportions": choice["cascade.llh_proportions"],
+           "cascade.crossfit_folds": choice["cascade.crossfit_folds"]}
     for section in ("cacls", "regcls"):
         out[f"{section}.loss.type"] = choice["classifier.loss"]
         out[f"{section}.model.type"] = choice["classifier.type"]
@@ -212,6 +217,24 @@ def evaluate_candidate(cfg: RunConfig, splits: Splits, select: FeatureSet, devic
     return float((pred == select.labels).mean())
 
 
+def pick_final(final: dict[int, float], n_select: int) -> tuple[int, str | None]:
+    """The final rung's choice by the one-standard-error rule: the best-scoring candidate only if it
+    beats the config as given (candidate 0) by more than one binomial standard error of that
+    config's selection-half accuracy, sqrt(p (1 - p) / n); otherwise the config as given.  On a
+    small selection half (100 images: SE about 3.5 points at 85 %) this keeps tune from swapping
+    the config for whichever candidate the noise favoured.  Returns (index, a log note or None)."""
+    best = min(final, key=lambda j: (-final[j], j))
+    if best == 0 or 0 not in final:
+        return best, None
+    p = final[0]
+    se = math.sqrt(max(p * (1 - p), 0.0) / max(n_select, 1))
+    if final[best] - p > se:
+        return best, None
+    return 0, (f"candidate {best} scored {100 * final[best]:.2f} vs {100 * p:.2f} for the config as given on the "
+               f"selection half, within one standard error ({100 * se:.2f} points, n = {n_select}): "
+               f"keeping the config as given")
+
+
 def run_tune(cfg: RunConfig, out: Path, candidates: int = 8) -> dict:
     """Successive-halving search on the selection half; writes OUT (see the module doc).  A tune
     directory this call created is removed again if it fails before writing anything into it."""
@@ -270,7 +293,11 @@ def _search(cfg: RunConfig, out: Path, candidates: int, device) -> dict:
                          rung, 100 * frac, i, score, key if cands[i] else "(the config as given)")
             ranked = sorted(alive, key=lambda j: (-scores[rung][j], j))  # ties: the earlier candidate
             alive = ranked[:keep[rung]]
-    chosen = alive[0]
+            if rung == 0 and 0 not in alive:  # the config as given always reaches the final rung
+                alive = alive[:-1] + [0]
+    chosen, note = pick_final(scores[len(RUNG_FRACTIONS) - 1], len(select_half))
+    if note:
+        log.info("tune: %s", note)
     chosen_cfg = apply_overrides(cfg, cands[chosen])
 
     # the chosen configuration and the baselines, trained with the epoch half, compared on the selection half

@@ -149,3 +149,55 @@ def test_route_prior_is_log_route_share_minus_trained_prior():
     y_sub = torch.tensor([0, 0, 0, 1, 1, 1])
     torch.testing.assert_close(route_shift(bsm, y_sub, labels, reaches, 2), expected)
     torch.testing.assert_close(route_shift(ce, y_sub, labels, reaches, 2), expected - torch.log(torch.tensor([0.5, 0.5])))
+
+
+def _head(name, logits, y, route=None, offset=None, base_logits=None):
+    from dlsa_prod.training.head_calibration import PendingHead
+
+    return PendingHead(name, None, torch.tensor(y), torch.tensor(logits), base_logits, route, offset)
+
+
+def test_route_prior_strength_is_chosen_on_the_whole_cascade_val():
+    """tau scales only the route part; 'val' takes the grid entry with most val samples right over
+    all heads (ties: the stronger prior); a fixed strength is used as given."""
+    from dlsa_prod.training.head_calibration import choose_strength
+
+    route = torch.log(torch.tensor([0.9, 0.1]))  # class 0 mostly routed here
+    # three samples of class 1 with a margin of 1.0 for class 1: the full prior (2.2 nats) flips
+    # all of them, half of it (1.1) flips them too, a quarter (0.55) keeps them right
+    a = _head("a", [[0.0, 1.0]] * 3 + [[0.5, 0.0]], [1, 1, 1, 0], route=route)
+    b = _head("b", [[0.0, 0.2]], [0], route=route)  # needs at least 0.2 / 2.2 of the prior
+    tau, mixes = choose_strength([a, b], "val")
+    assert tau == 0.25 and mixes == {"a": None, "b": None}
+    assert choose_strength([a, b], 1.0)[0] == 1.0
+    # the offset (the trained prior to remove) stays whole whatever tau
+    c = _head("c", [[0.0, 0.0]], [0], route=route, offset=torch.tensor([0.0, 5.0]))
+    torch.testing.assert_close(c.shift(0.0), torch.tensor([0.0, 5.0]))
+    torch.testing.assert_close(c.shift(0.5), 0.5 * route + torch.tensor([0.0, 5.0]))
+    # ties prefer the stronger prior; no route prior at all: tau stays 1 and is not logged as chosen
+    d = _head("d", [[1.0, 0.0]], [0], route=route)
+    assert choose_strength([d], "val")[0] == 1.0
+
+
+def test_mixing_weight_is_chosen_jointly_with_the_strength():
+    from dlsa_prod.training.head_calibration import choose_strength
+
+    # exit logits wrong, base logits right: only full mixing gets them (ties would take less)
+    h = _head("e", [[4.0, 0.0]] * 2, [1, 1], route=torch.zeros(2),
+              base_logits=torch.tensor([[0.0, 1.0]] * 2))
+    tau, mixes = choose_strength([h], "val")
+    assert mixes["e"] == 1.0
+
+
+def test_strength_zero_prior_shift_regular_is_the_base_classifier(tiny_files, tmp_path):
+    """route_prior_strength 0 with prior_shift: the regular classifier predicts exactly as the base."""
+    train, test = tiny_files
+    tree = tiny_config_dict(train, test, baselines=["BSM"], max_depth=1,
+                            cascade={"regular": "prior_shift", "route_prior": True, "route_prior_strength": 0.0})
+    m = run_training(config_from_dict(tree), tmp_path / "run")
+    assert m["depths"][-1]["route_prior_strength"] == 0.0
+    run = load_run(tmp_path / "run")
+    x = torch.randn(16, run.model.regular.head_x[0].weight.shape[1])
+    with torch.no_grad():
+        diff = run.model.regular(x) - run.baselines["BSM"](x)
+    torch.testing.assert_close(diff, torch.full_like(diff, float(diff[0, 0])))  # one constant: the same argmax

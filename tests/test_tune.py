@@ -146,3 +146,15 @@ def test_failed_tune_leaves_no_directory_it_created(tiny_files, tmp_path):
     with pytest.raises(DLSAError, match="missing.npz"):
         run_tune(cfg, tmp_path / "t", candidates=2)
     assert not (tmp_path / "t").exists()
+
+
+def test_final_choice_follows_the_one_standard_error_rule():
+    from dlsa_prod.tune import pick_final
+
+    # SE of 0.85 on 100 samples is 3.57 points: a 3-point lead is noise, a 4-point lead is not
+    assert pick_final({0: 0.85, 3: 0.88}, 100)[0] == 0
+    assert "within one standard error" in pick_final({0: 0.85, 3: 0.88}, 100)[1]
+    assert pick_final({0: 0.85, 3: 0.89}, 100) == (3, None)
+    assert pick_final({0: 0.85, 3: 0.88}, 10_000) == (3, None)  # a large selection split resolves it
+    assert pick_final({0: 0.90, 3: 0.88}, 100) == (0, None)
+    assert pick_final({2: 0.80, 3: 0.88}, 100) == (3, None)  # without the config as given: the best

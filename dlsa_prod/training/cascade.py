@@ -5,7 +5,9 @@ Steps (one function each): ``_train_filter`` (flow, scores, threshold, cluster p
 ``_train_exit_classifier`` (cluster-aided classifier of the samples that exit) -> next depth;
 then ``_train_regular``.  The options of ``cfg.cascade`` (warm start, prior shift, mixing with
 the base classifier, prior temperature, per-depth proportions, route prior) build on a ``base``
-classifier trained beforehand with the baselines (see baselines.py).
+classifier trained beforehand with the baselines (see baselines.py).  ``cascade.crossfit_folds``
+routes the training samples as unseen samples are routed (crossfit.py); mixing weights and the
+route prior strength are fixed after every classifier is trained (head_calibration.py).
 
 Route prior: a classifier trained with balanced softmax on its routed subset is calibrated to a
 uniform label prior, but on a class-balanced test set the samples reaching it follow the share of
@@ -29,15 +31,15 @@ from ..data import Splits
 from ..errors import DLSAError
 from ..models import DepthStage, DLSAModel, FeatureClassifier
 from ..ops import filter_split
-from .baselines import adjust_bias, implied_log_prior
-from .classifier_trainer import ClassifierData, predict_logits, train_classifier
+from .baselines import implied_log_prior
+from .classifier_trainer import ClassifierData, train_classifier
 from .cluster_stats import cluster_priors, score_flow
+from .crossfit import cross_fit
 from .flow_trainer import train_flow
+from .head_calibration import PendingHead, choose_strength, mix_with_base  # noqa: F401 (re-exported)
 from .options import active_options
 
 log = logging.getLogger(__name__)
-
-MIX_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def llh_threshold(loglik: torch.Tensor, llh_proportion: float | None, llh_thres: float | None) -> float:
@@ -81,6 +83,7 @@ class _Remaining:
     y_va: torch.Tensor
     tr: torch.Tensor
     va: torch.Tensor
+    counted: np.ndarray | None = None  # training samples route shares are counted on (None: all)
 
 
 @dataclass
@@ -92,8 +95,8 @@ class _Filter:
     flow: object
     threshold: float
     priors: torch.Tensor
-    cl_tr: torch.Tensor
-    cl_va: torch.Tensor
+    p_tr: torch.Tensor  # (N, C) cluster prior of each remaining training sample
+    p_va: torch.Tensor
     out_tr: torch.Tensor
     cont_tr: torch.Tensor
     out_va: torch.Tensor
@@ -148,21 +151,38 @@ def _cached_train_flow(xd, yd, c, cfg: RunConfig, generator: torch.Generator, se
 
 
 def _train_filter(rem: _Remaining, d: int, c: int, cfg: RunConfig, generator: torch.Generator) -> _Filter:
-    """Depth d's flow on the remaining training samples, its threshold and cluster priors, and the split."""
+    """Depth d's flow on the remaining training samples, its threshold and cluster priors, and the
+    split (training samples routed by the same flow, or cross-fitted: see crossfit.py)."""
     xd, yd = rem.x_tr[rem.tr], rem.y_tr[rem.tr]
     xv, yv = rem.x_va[rem.va], rem.y_va[rem.va]
     sel = (xv, yv) if cfg.gmflow.select_on == "val" else (None, None)
-    flow = _cached_train_flow(xd, yd, c, cfg, generator, sel, f"depth {d} flow")
-    ll_tr, cl_tr = score_flow(flow.model, xd)
+    prop = depth_proportion(cfg, d)
+    temper = lambda p: tempered_priors(p, cfg.cascade.prior_temperature)  # noqa: E731
+    folds = cfg.cascade.crossfit_folds
+    if folds:
+        cf = cross_fit(xd, yd, folds, c, generator,
+                       lambda xf, yf, f: _cached_train_flow(xf, yf, c, cfg, generator, sel,
+                                                            f"depth {d} flow, fold {f + 1}/{folds}"),
+                       lambda ll: llh_threshold(ll, prop, cfg.filter.llh_thres), temper, cfg.cascade.crossfit_routing)
+        flow, thr, priors, p_tr = cf.flow, cf.threshold, cf.priors, cf.sample_priors
+        if rem.counted is None:
+            rem.counted = np.ones(len(rem.x_tr), bool)
+        rem.counted[rem.tr[~cf.held_out].cpu().numpy()] = False
+        out_tr, cont_tr = torch.nonzero(cf.exits).flatten(), torch.nonzero(~cf.exits).flatten()
+        log.info("depth %d: %d-fold cross-fitted routing; fold thresholds %s", d, folds,
+                 ", ".join(f"{t:.4g}" for t in cf.fold_thresholds))
+    else:
+        flow = _cached_train_flow(xd, yd, c, cfg, generator, sel, f"depth {d} flow")
+        ll_tr, cl_tr = score_flow(flow.model, xd)
+        thr = llh_threshold(ll_tr, prop, cfg.filter.llh_thres)
+        priors = temper(cluster_priors(cl_tr.cpu(), yd.cpu(), flow.model.num_cluster, c).to(xd.device))
+        p_tr = priors[cl_tr]
+        out_tr, cont_tr = filter_split(ll_tr, thr)
     ll_va, cl_va = score_flow(flow.model, xv)
-    thr = llh_threshold(ll_tr, depth_proportion(cfg, d), cfg.filter.llh_thres)
-    priors = cluster_priors(cl_tr.cpu(), yd.cpu(), flow.model.num_cluster, c).to(xd.device)
-    priors = tempered_priors(priors, cfg.cascade.prior_temperature)
-    out_tr, cont_tr = filter_split(ll_tr, thr)
     out_va, cont_va = filter_split(ll_va, thr)
     log.info("depth %d: threshold %.4g; %d/%d training and %d/%d val samples exit here",
              d, thr, out_tr.numel(), rem.tr.numel(), out_va.numel(), rem.va.numel())
-    return _Filter(xd, yd, xv, yv, flow, thr, priors, cl_tr, cl_va, out_tr, cont_tr, out_va, cont_va)
+    return _Filter(xd, yd, xv, yv, flow, thr, priors, p_tr, priors[cl_va], out_tr, cont_tr, out_va, cont_va)
 
 
 def warm_state_for_exit(base: FeatureClassifier, target: FeatureClassifier) -> dict | None:
@@ -180,55 +200,26 @@ def warm_state_for_exit(base: FeatureClassifier, target: FeatureClassifier) -> d
     return state
 
 
-def mix_with_base(exit_clf: FeatureClassifier, base: FeatureClassifier, w: float) -> FeatureClassifier:
-    """(1 - w) * exit logits + w * base logits, folded into one linear cluster-aided classifier."""
-    out = copy.deepcopy(exit_clf)
-    b = base.state_dict()
-    d = b["head_x.0.weight"].shape[1]
-    with torch.no_grad():
-        for lin in (out.head_x[0], out.head_zp[0]):
-            lin.weight.mul_(1 - w)
-            lin.bias.mul_(1 - w)
-        out.head_x[0].weight.add_(w * (b["head_x.0.weight"] + b["head_zp.0.weight"][:, :d]).to(out.head_x[0].weight))
-        out.head_x[0].bias.add_(w * (b["head_x.0.bias"] + b["head_zp.0.bias"]).to(out.head_x[0].bias))
-    return out
-
-
-def _choose_mix(clf: FeatureClassifier, base: FeatureClassifier, val: ClassifierData, d: int,
-                shift: torch.Tensor | None = None) -> tuple:
-    """Mixing weight of depth d chosen on the val samples exiting there (ties: less mixing)."""
-    if not len(val) or not (_is_plain_linear(clf) and _is_plain_linear(base)):
-        return clf, None
-    exit_logits = predict_logits(clf, val)
-    base_logits = predict_logits(base, ClassifierData(val.x, val.y))
-    add = 0.0 if shift is None else shift.to(exit_logits)
-    scores = [float((((1 - w) * exit_logits + w * base_logits + add).argmax(1) == val.y).float().mean())
-              for w in MIX_GRID]
-    w = MIX_GRID[int(np.argmax(scores))]
-    log.info("depth %d: base-classifier mixing weight %.2f chosen on val (val acc %.4f)", d, w, max(scores))
-    return (mix_with_base(clf, base, w) if w else clf), w
-
-
 def _train_exit_classifier(rem: _Remaining, f: _Filter, d: int, c: int, cfg: RunConfig,
                            generator: torch.Generator, base: FeatureClassifier | None, split_labels: tuple):
-    """Depth d's cluster-aided classifier on the exiting samples (epoch selected on exiting val samples)."""
+    """Depth d's cluster-aided classifier on the exiting samples (epoch selected on exiting val
+    samples), pending its mixing weight and route prior strength (head_calibration.py)."""
     xd, yd, xv, yv = f.xd, f.yd, f.xv, f.yv
-    train = ClassifierData(xd[f.out_tr], yd[f.out_tr], f.priors[f.cl_tr[f.out_tr]])
-    val = ClassifierData(xv[f.out_va], yv[f.out_va], f.priors[f.cl_va[f.out_va]])
+    train = ClassifierData(xd[f.out_tr], yd[f.out_tr], f.p_tr[f.out_tr])
+    val = ClassifierData(xv[f.out_va], yv[f.out_va], f.p_va[f.out_va])
     init = None
     if cfg.cascade.warm_start and base is not None:
         init = warm_state_for_exit(base, FeatureClassifier(xd.shape[1], c, cfg.cacls.model))
         if init is None:
             log.warning("depth %d: warm start needs linear classifiers; starting from scratch", d)
     res = train_classifier(train, val, c, cfg.cacls, generator, desc=f"depth {d} cluster-aided", init_state=init)
-    shift = None
+    route = offset = None
     if cfg.cascade.route_prior:
-        labels, reaches = route_shares_source(cfg, rem.tr[f.out_tr], rem.va[f.out_va], *split_labels)
-        shift = route_shift(cfg.cacls, train.y, labels, reaches, c).to(xd.device)
-    model, mix = res.model, None
-    if cfg.cascade.mix_base and base is not None:
-        model, mix = _choose_mix(model, base, val, d, shift)
-    return res, _shifted(model, shift, f"depth {d} cluster-aided"), mix
+        labels, reaches = route_shares_source(cfg, rem.tr[f.out_tr], rem.va[f.out_va], *split_labels, rem.counted)
+        route, offset = route_log_prior(labels, reaches, c), trained_log_prior(cfg.cacls, train.y, c)
+    mixable = cfg.cascade.mix_base and base is not None and _is_plain_linear(res.model) and _is_plain_linear(base)
+    head = PendingHead.build(f"depth {d} cluster-aided", res.model, val, base if mixable else None, route, offset)
+    return res, head
 
 
 def route_log_prior(labels: np.ndarray, reaches: np.ndarray, c: int) -> torch.Tensor:
@@ -240,62 +231,64 @@ def route_log_prior(labels: np.ndarray, reaches: np.ndarray, c: int) -> torch.Te
 
 
 def route_shares_source(cfg: RunConfig, train_idx: torch.Tensor, val_idx: torch.Tensor,
-                        train_labels: np.ndarray, val_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, mask of the samples reaching a classifier) of the split route shares are counted on."""
-    labels, idx = (val_labels, val_idx) if cfg.cascade.route_share_from == "val" else (train_labels, train_idx)
+                        train_labels: np.ndarray, val_labels: np.ndarray,
+                        counted: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, mask of the samples reaching a classifier) of the split route shares are counted on.
+    counted: the training samples routed as unseen samples are (cross-fitting: the deployed flows'
+    held-out folds); None = all."""
+    from_val = cfg.cascade.route_share_from == "val"
+    labels, idx = (val_labels, val_idx) if from_val else (train_labels, train_idx)
     reaches = np.zeros(len(labels), bool)
     reaches[idx.cpu().numpy()] = True
+    if counted is not None and not from_val:
+        return labels[counted], reaches[counted]
     return labels, reaches
+
+
+def trained_log_prior(cfg_cls, y_subset: torch.Tensor, c: int) -> torch.Tensor | None:
+    """Minus the label prior a classifier's training bakes into its logits: its subset's for plain
+    CE (no re-balancing sampler), none (uniform) for the re-balanced losses."""
+    if cfg_cls.loss.type == "CE" and cfg_cls.data.sampler.name == "none":
+        counts = torch.bincount(y_subset.cpu(), minlength=c).double().clamp(min=0.5)
+        return -torch.log(counts / counts.sum()).float()
+    return None
 
 
 def route_shift(cfg_cls, y_subset: torch.Tensor, labels: np.ndarray, reaches: np.ndarray,
                 c: int) -> torch.Tensor:
     """Bias shift that moves a classifier trained on a routed subset to the label prior it meets at
-    test time: log(route share) minus the prior its training bakes in (the subset's for plain CE)."""
+    test time (at full route prior strength): log(route share) minus the prior its training bakes in."""
+    off = trained_log_prior(cfg_cls, y_subset, c)
     shift = route_log_prior(labels, reaches, c)
-    if cfg_cls.loss.type == "CE" and cfg_cls.data.sampler.name == "none":
-        counts = torch.bincount(y_subset.cpu(), minlength=c).double().clamp(min=0.5)
-        shift = shift - torch.log(counts / counts.sum()).float()
-    return shift
-
-
-def _shifted(model: FeatureClassifier, shift: torch.Tensor | None, what: str) -> FeatureClassifier:
-    if shift is None:
-        return model
-    try:
-        return adjust_bias(model, shift)
-    except ValueError:
-        log.warning("%s: route prior needs a linear classifier; left unshifted", what)
-        return model
+    return shift if off is None else shift + off
 
 
 def _train_regular(rem: _Remaining, c: int, cfg: RunConfig, generator: torch.Generator,
                    base: FeatureClassifier | None, base_name: str, train_counts: np.ndarray,
                    split_labels: tuple):
-    """The regular classifier of the remainder: trained on it (research), or the base classifier
-    with the remainder's label prior (prior shift: no data removed)."""
+    """The regular classifier of the remainder, pending its route prior strength: trained on the
+    remainder (research), or the base classifier with the remainder's label prior (prior shift: no
+    data removed).  Returns (head, selected epoch, val acc, history)."""
+    val = ClassifierData(rem.x_va[rem.va], rem.y_va[rem.va])
     if cfg.cascade.regular == "prior_shift" and base is not None:
-        labels, reaches = route_shares_source(cfg, rem.tr, rem.va, *split_labels)
-        shift = route_log_prior(labels, reaches, c) - implied_log_prior(base_name, train_counts)
-        try:
-            model = adjust_bias(base, shift)
+        if _is_plain_linear(base):
+            labels, reaches = route_shares_source(cfg, rem.tr, rem.va, *split_labels, rem.counted)
             log.info("regular classifier: base %s with the remainder's label prior (prior shift)", base_name)
-            return model, None, None, []
-        except ValueError:
-            log.warning("regular classifier: prior shift needs a linear base classifier; training one instead")
+            return PendingHead.build("regular classifier", base, val, None, route_log_prior(labels, reaches, c),
+                                     -implied_log_prior(base_name, train_counts)), None, None, []
+        log.warning("regular classifier: prior shift needs a linear base classifier; training one instead")
     init = base.state_dict() if (cfg.cascade.warm_start and base is not None) else None
-    res = train_classifier(ClassifierData(rem.x_tr[rem.tr], rem.y_tr[rem.tr]),
-                           ClassifierData(rem.x_va[rem.va], rem.y_va[rem.va]),
+    res = train_classifier(ClassifierData(rem.x_tr[rem.tr], rem.y_tr[rem.tr]), val,
                            c, cfg.regcls, generator, uses_prior=False, desc="regular classifier", init_state=init)
-    model = res.model
+    route = offset = None
     if cfg.cascade.route_prior:
-        labels, reaches = route_shares_source(cfg, rem.tr, rem.va, *split_labels)
-        shift = route_shift(cfg.regcls, rem.y_tr[rem.tr], labels, reaches, c).to(rem.x_tr.device)
-        model = _shifted(model, shift, "regular classifier")
-    return model, res.best_epoch, res.val_accuracy, res.history
+        labels, reaches = route_shares_source(cfg, rem.tr, rem.va, *split_labels, rem.counted)
+        route, offset = route_log_prior(labels, reaches, c), trained_log_prior(cfg.regcls, rem.y_tr[rem.tr], c)
+    head = PendingHead.build("regular classifier", res.model, val, None, route, offset)
+    return head, res.best_epoch, res.val_accuracy, res.history
 
 
-def _depth_report(d: int, f: _Filter, rem: _Remaining, res, mix, c: int) -> dict:
+def _depth_report(d: int, f: _Filter, rem: _Remaining, res, c: int) -> dict:
     exiting_counts = torch.bincount(f.yd[f.out_tr].cpu(), minlength=c)
     return {
         "depth": d, "threshold": f.threshold, "train_samples": int(rem.tr.numel()), "train_exit": int(f.out_tr.numel()),
@@ -304,7 +297,7 @@ def _depth_report(d: int, f: _Filter, rem: _Remaining, res, mix, c: int) -> dict
         "used_clusters": f.flow.quality.used_clusters, "cluster_purity": f.flow.quality.mean_purity,
         "largest_cluster": f.flow.quality.max_size, "classifier_epoch": res.best_epoch,
         "classifier_val_acc": res.val_accuracy, "exit_classes": int((exiting_counts > 0).sum()),
-        "train_exit_class_counts": exiting_counts.tolist(), "base_mix_weight": mix,
+        "train_exit_class_counts": exiting_counts.tolist(),
     }
 
 
@@ -319,7 +312,7 @@ def train_dlsa(splits: Splits, cfg: RunConfig, device: torch.device, generator: 
     train_exit = np.zeros(len(splits.train), dtype=np.int64)
     val_exit = np.zeros(len(splits.val), dtype=np.int64)
     min_remaining = cfg.filter.min_remaining or 2 * c
-    stages, reports, histories = [], [], {}
+    stages, reports, histories, heads = [], [], {}, []
 
     for d in range(1, cfg.max_depth + 1):
         if rem.tr.numel() < min_remaining:
@@ -327,15 +320,16 @@ def train_dlsa(splits: Splits, cfg: RunConfig, device: torch.device, generator: 
                      d, rem.tr.numel(), min_remaining)
             break
         f = _train_filter(rem, d, c, cfg, generator)
-        res, clf, mix = _train_exit_classifier(rem, f, d, c, cfg, generator, base,
-                                               (splits.train.labels, splits.val.labels))
-        stage = DepthStage(f.flow.model, clf, c).to(device)
+        res, head = _train_exit_classifier(rem, f, d, c, cfg, generator, base,
+                                           (splits.train.labels, splits.val.labels))
+        heads.append(head)
+        stage = DepthStage(f.flow.model, head.model, c).to(device)
         stage.threshold.fill_(f.threshold)
         stage.cluster_prior.copy_(f.priors)
         stages.append(stage)
         train_exit[rem.tr[f.out_tr].cpu().numpy()] = d
         val_exit[rem.va[f.out_va].cpu().numpy()] = d
-        reports.append(_depth_report(d, f, rem, res, mix, c))
+        reports.append(_depth_report(d, f, rem, res, c))
         histories[f"depth{d}_flow"] = f.flow.history
         histories[f"depth{d}_cacls"] = res.history
         rem.tr, rem.va = rem.tr[f.cont_tr], rem.va[f.cont_va]
@@ -343,15 +337,22 @@ def train_dlsa(splits: Splits, cfg: RunConfig, device: torch.device, generator: 
     if not stages:
         raise DLSAError("no depth was trained: too few training samples (see filter.min_remaining)")
     depth = len(stages)
-    reg, epoch, val_acc, history = _train_regular(rem, c, cfg, generator, base, cfg.cascade.base,
-                                                  splits.train_counts(), (splits.train.labels, splits.val.labels))
+    reg_head, epoch, val_acc, history = _train_regular(rem, c, cfg, generator, base, cfg.cascade.base,
+                                                       splits.train_counts(), (splits.train.labels, splits.val.labels))
+    heads.append(reg_head)
     histories["regcls"] = history
+    tau, mixes = choose_strength(heads, cfg.cascade.route_prior_strength)
+    for stage, head, report in zip(stages, heads, reports):
+        stage.classifier = head.fold(base, mixes[head.name], tau).to(device)
+        report["base_mix_weight"] = mixes[head.name]
+    reg = reg_head.fold(base, None, tau)
     train_exit[rem.tr.cpu().numpy()] = depth + 1
     val_exit[rem.va.cpu().numpy()] = depth + 1
     reports.append({"depth": depth + 1, "regular": True, "train_samples": int(rem.tr.numel()),
                     "val_samples": int(rem.va.numel()), "classifier_epoch": epoch, "classifier_val_acc": val_acc,
                     "train_class_counts": torch.bincount(y_tr[rem.tr].cpu(), minlength=c).tolist(),
-                    "prior_shift": cfg.cascade.regular == "prior_shift"})
+                    "prior_shift": cfg.cascade.regular == "prior_shift",
+                    "route_prior_strength": tau if reg_head.route is not None or cfg.cascade.route_prior else None})
     model = DLSAModel(stages, reg, c).to(device).eval()
     return DLSATrainResult(model, reports, train_exit, val_exit, histories)
 
