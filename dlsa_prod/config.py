@@ -235,16 +235,15 @@ class CascadeConfig(_Section):
                          "log share; 0: none); \"val\": one tau for the cascade chosen on val from 1, .75, .5, .25, 0"
     )
     crossfit_folds: int = Field(
-        0, description="0: the flow routes its own training samples (research); F >= 2: each training sample is "
-                       "routed by a flow trained on the other F - 1 class-stratified folds, so training samples "
-                       "exit as often as unseen ones (F flows per depth; the first is deployed)"
+        0, description="0: the flow routes its own training samples (research); F in 2..10: the remaining training "
+                       "samples of each depth are split into F class-stratified folds, the deployed flow trains "
+                       "without the first and takes its threshold, cluster priors and route shares from it, so "
+                       "training samples are routed as unseen ones (see crossfit_routing)"
     )
-
     crossfit_routing: Literal["out_of_fold", "deployed"] = Field(
-        "out_of_fold", description="with crossfit_folds: out_of_fold routes each fold with the flow trained "
-                                   "without it; deployed trains only the deployed flow (without fold 1) and routes "
-                                   "every training sample with it, at the threshold and cluster priors of its "
-                                   "held-out fold.  Either way route shares are counted on that held-out fold"
+        "out_of_fold", description="with crossfit_folds: out_of_fold routes each fold with a flow trained without "
+                                   "it (F flows per depth); deployed routes every training sample with the deployed "
+                                   "flow at its held-out fold's threshold (one flow per depth)"
     )
 
     @field_validator("route_prior_strength")
@@ -257,8 +256,8 @@ class CascadeConfig(_Section):
     @field_validator("crossfit_folds")
     @classmethod
     def _folds(cls, v):
-        if v == 1 or v < 0:
-            raise ValueError("crossfit_folds must be 0 (off) or at least 2")
+        if v != 0 and not 2 <= v <= 10:
+            raise ValueError("crossfit_folds must be 0 (off) or 2..10")
         return v
 
     @field_validator("llh_proportions")

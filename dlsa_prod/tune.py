@@ -293,7 +293,7 @@ def _search(cfg: RunConfig, out: Path, candidates: int, device) -> dict:
                          rung, 100 * frac, i, score, key if cands[i] else "(the config as given)")
             ranked = sorted(alive, key=lambda j: (-scores[rung][j], j))  # ties: the earlier candidate
             alive = ranked[:keep[rung]]
-            if rung == 0 and 0 not in alive:  # the config as given always reaches the final rung
+            if rung < len(RUNG_FRACTIONS) - 1 and 0 not in alive:  # the config as given reaches the final rung
                 alive = alive[:-1] + [0]
     chosen, note = pick_final(scores[len(RUNG_FRACTIONS) - 1], len(select_half))
     if note:

@@ -174,7 +174,7 @@ def test_route_prior_strength_is_chosen_on_the_whole_cascade_val():
     c = _head("c", [[0.0, 0.0]], [0], route=route, offset=torch.tensor([0.0, 5.0]))
     torch.testing.assert_close(c.shift(0.0), torch.tensor([0.0, 5.0]))
     torch.testing.assert_close(c.shift(0.5), 0.5 * route + torch.tensor([0.0, 5.0]))
-    # ties prefer the stronger prior; no route prior at all: tau stays 1 and is not logged as chosen
+    # every tau gets it right: ties prefer the stronger prior
     d = _head("d", [[1.0, 0.0]], [0], route=route)
     assert choose_strength([d], "val")[0] == 1.0
 
@@ -201,3 +201,13 @@ def test_strength_zero_prior_shift_regular_is_the_base_classifier(tiny_files, tm
     with torch.no_grad():
         diff = run.model.regular(x) - run.baselines["BSM"](x)
     torch.testing.assert_close(diff, torch.full_like(diff, float(diff[0, 0])))  # one constant: the same argmax
+
+
+def test_prior_shift_keeps_a_base_with_hidden_layers(tiny_files, tmp_path):
+    """prior_shift needs only a linear final layer with a bias (what adjust_bias shifts), not a plain
+    linear head: a base with a hidden layer is shifted, not replaced by a newly trained classifier."""
+    train, test = tiny_files
+    tree = tiny_config_dict(train, test, baselines=["BSM"], max_depth=1, cascade={"regular": "prior_shift"})
+    tree["regcls"]["model"] = {"inputs": "XZ", "hidden_layers": [8]}
+    m = run_training(config_from_dict(tree), tmp_path / "run")
+    assert m["depths"][-1]["prior_shift"] and m["depths"][-1]["classifier_epoch"] is None

@@ -12,7 +12,7 @@ from dlsa_prod.pipeline import seed_everything
 from dlsa_prod.training import llh_threshold, train_dlsa
 from dlsa_prod.training.cascade import _cached_train_flow
 from dlsa_prod.training.cluster_stats import cluster_priors, score_flow
-from dlsa_prod.training.crossfit import cross_fit, leave_one_out_priors, stratified_folds
+from dlsa_prod.training.crossfit import cross_fit, held_out_route_rates, leave_one_out_priors, stratified_folds
 
 from conftest import tiny_config_dict
 
@@ -140,38 +140,54 @@ def test_deployed_routing_trains_one_flow_and_routes_every_sample_with_it(crossf
                   routing="sideways")
 
 
-def test_route_shares_are_counted_on_the_samples_routed_as_unseen_ones():
-    from dlsa_prod.training.cascade import route_shares_source
+def test_held_out_route_rates_count_the_deployed_flows_held_out_fold_only():
+    from dlsa_prod.training.crossfit import CrossFit, held_out_route_rates
 
-    cfg = config_from_dict({"data": {"source": "digits"}})
-    train_labels = np.array([0, 0, 1, 1, 1, 2])
-    counted = np.array([True, False, True, True, False, True])
-    labels, reaches = route_shares_source(cfg, torch.tensor([0, 1, 4]), torch.tensor([0]), train_labels,
-                                          np.array([0, 1]), counted)
-    np.testing.assert_array_equal(labels, [0, 1, 1, 2])
-    np.testing.assert_array_equal(reaches, [True, False, False, False])
-    labels, reaches = route_shares_source(cfg, torch.tensor([0, 1, 4]), torch.tensor([0]), train_labels,
-                                          np.array([0, 1]))
-    assert len(labels) == 6 and reaches.sum() == 3
+    y = torch.tensor([0, 0, 0, 1, 1, 1, 1, 0])
+    fold = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1])
+    exits = torch.tensor([True, False, False, True, True, True, True, True])
+    cf = CrossFit(None, 0.0, None, exits, None, fold, [0.0])
+    ex, co = held_out_route_rates(cf, y, 3)
+    # fold 0: class 0 has 1 of 3 exiting, class 1 2 of 2, class 2 none at all
+    torch.testing.assert_close(ex.exp(), torch.tensor([1.5 / 4, 2.5 / 3, 0.5 / 1]))
+    torch.testing.assert_close(co.exp(), torch.tensor([2.5 / 4, 0.5 / 3, 0.5 / 1]))
 
 
-def test_crossfit_cascade_counts_route_shares_on_the_held_out_fold(crossfit_config, monkeypatch):
-    """With cross-fitting, every route share comes from the deployed flow's held-out fold only."""
+def test_route_shares_at_depth_two_are_products_of_held_out_rates(crossfit_config, monkeypatch):
+    """Depth 2's exit share and the regular classifier's share multiply the held-out rates of every
+    depth before them, each counted on that depth's own held-out fold."""
     from dlsa_prod.training import cascade
+    from dlsa_prod.training import head_calibration as hc
 
     cfg = crossfit_config
     cfg.cascade.route_prior = True
-    seen = []
-    real = cascade.route_shares_source
+    fits, heads = [], {}
+    real_fit, real_build = cascade.cross_fit, hc.PendingHead.build.__func__
 
-    def spy(*args):
-        out = real(*args)
-        seen.append((args[-1], len(out[0])))
-        return out
+    def fit_spy(x, y, *args, **kw):
+        cf = real_fit(x, y, *args, **kw)
+        fits.append((cf, y))
+        return cf
 
-    monkeypatch.setattr(cascade, "route_shares_source", spy)
+    def build_spy(cls, name, model, val, base=None, route=None, offset=None):
+        heads[name] = route
+        return real_build(cls, name, model, val, base, route, offset)
+
+    monkeypatch.setattr(cascade, "cross_fit", fit_spy)
+    monkeypatch.setattr(hc.PendingHead, "build", classmethod(build_spy))
     splits = load_splits(cfg.data, cfg.seed)
     train_dlsa(splits, cfg, torch.device("cpu"), seed_everything(0))
-    assert seen and all(counted is not None for counted, _ in seen)
-    n = len(splits.train)
-    assert all(size < 0.6 * n for _, size in seen)  # about half (depth 1's fold 0), less after depth 2
+    assert len(fits) == 2
+    c = splits.num_classes
+    (e1, c1), (e2, c2) = [held_out_route_rates(cf, y, c) for cf, y in fits]
+    torch.testing.assert_close(heads["depth 1 cluster-aided"].cpu(), e1)
+    torch.testing.assert_close(heads["depth 2 cluster-aided"].cpu(), c1 + e2)
+    torch.testing.assert_close(heads["regular classifier"].cpu(), c1 + c2)
+
+
+def test_an_empty_fold_is_refused_naming_the_key():
+    from dlsa_prod.errors import DLSAError
+
+    x, y = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    with pytest.raises(DLSAError, match="crossfit_folds"):
+        cross_fit(x, y, 5, 3, torch.Generator().manual_seed(0), None, None)

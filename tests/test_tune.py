@@ -158,3 +158,27 @@ def test_final_choice_follows_the_one_standard_error_rule():
     assert pick_final({0: 0.85, 3: 0.88}, 10_000) == (3, None)  # a large selection split resolves it
     assert pick_final({0: 0.90, 3: 0.88}, 100) == (0, None)
     assert pick_final({2: 0.80, 3: 0.88}, 100) == (3, None)  # without the config as given: the best
+
+
+def test_the_config_as_given_always_reaches_the_final_rung(tiny_files, tmp_path, monkeypatch):
+    """Even when it scores worst at the short rung, the config as given is trained in full and,
+    within one standard error of the best, kept."""
+    import dlsa_prod.tune as tune
+
+    train, test = tiny_files
+    tree = tiny_config_dict(train, test, max_depth=1, baselines=["BSM"])
+    tree["gmflow"]["optim"]["epoch"] = 2
+    cfg = config_from_dict(tree)
+    seen = []
+    as_given = {apply_overrides(cfg, {}, f).model_dump_json(): r for r, f in enumerate(tune.RUNG_FRACTIONS)}
+
+    def fake_score(ccfg, splits, select, device):
+        given = ccfg.model_dump_json() in as_given
+        rung = 0 if ccfg.cacls.optim.epoch < cfg.cacls.optim.epoch else 1
+        seen.append((rung, given))
+        return (0.50 if rung == 0 else 0.80) if given else (0.90 if rung == 0 else 0.81)
+
+    monkeypatch.setattr(tune, "evaluate_candidate", fake_score)
+    res = run_tune(cfg, tmp_path / "tune", candidates=6)
+    assert (1, True) in seen  # trained with full epochs although it was last at rung 0
+    assert res["chosen_index"] == 0  # 0.81 vs 0.80 is within one standard error

@@ -34,7 +34,7 @@ from ..ops import filter_split
 from .baselines import implied_log_prior
 from .classifier_trainer import ClassifierData, train_classifier
 from .cluster_stats import cluster_priors, score_flow
-from .crossfit import cross_fit
+from .crossfit import cross_fit, held_out_route_rates
 from .flow_trainer import train_flow
 from .head_calibration import PendingHead, choose_strength, mix_with_base  # noqa: F401 (re-exported)
 from .options import active_options
@@ -83,7 +83,9 @@ class _Remaining:
     y_va: torch.Tensor
     tr: torch.Tensor
     va: torch.Tensor
-    counted: np.ndarray | None = None  # training samples route shares are counted on (None: all)
+    # cross-fitting: log share of each class's training samples that reach the current depth, the
+    # product of the held-out exit / continue rates of the depths before (None: count on train)
+    reach_log: torch.Tensor | None = None
 
 
 @dataclass
@@ -101,10 +103,18 @@ class _Filter:
     cont_tr: torch.Tensor
     out_va: torch.Tensor
     cont_va: torch.Tensor
+    route_exit_log: torch.Tensor | None = None  # cross-fitting: log share of each class exiting here
+    route_cont_log: torch.Tensor | None = None  # ... and continuing past this depth
 
 
 def _tensors(fs, device):
     return torch.from_numpy(fs.features).to(device), torch.from_numpy(fs.labels).to(device)
+
+
+def _has_bias_head(model: FeatureClassifier) -> bool:
+    """Whether a bias shift can be folded into the classifier (what adjust_bias needs)."""
+    last = model.head_x[-1]
+    return isinstance(last, nn.Linear) and last.bias is not None
 
 
 def _is_plain_linear(model: FeatureClassifier) -> bool:
@@ -159,16 +169,17 @@ def _train_filter(rem: _Remaining, d: int, c: int, cfg: RunConfig, generator: to
     prop = depth_proportion(cfg, d)
     temper = lambda p: tempered_priors(p, cfg.cascade.prior_temperature)  # noqa: E731
     folds = cfg.cascade.crossfit_folds
+    route_logs = (None, None)
     if folds:
         cf = cross_fit(xd, yd, folds, c, generator,
                        lambda xf, yf, f: _cached_train_flow(xf, yf, c, cfg, generator, sel,
                                                             f"depth {d} flow, fold {f + 1}/{folds}"),
                        lambda ll: llh_threshold(ll, prop, cfg.filter.llh_thres), temper, cfg.cascade.crossfit_routing)
         flow, thr, priors, p_tr = cf.flow, cf.threshold, cf.priors, cf.sample_priors
-        if rem.counted is None:
-            rem.counted = np.ones(len(rem.x_tr), bool)
-        rem.counted[rem.tr[~cf.held_out].cpu().numpy()] = False
         out_tr, cont_tr = torch.nonzero(cf.exits).flatten(), torch.nonzero(~cf.exits).flatten()
+        exit_log, cont_log = held_out_route_rates(cf, yd, c)
+        reach = torch.zeros(c) if rem.reach_log is None else rem.reach_log
+        route_logs = (reach + exit_log, reach + cont_log)
         log.info("depth %d: %d-fold cross-fitted routing; fold thresholds %s", d, folds,
                  ", ".join(f"{t:.4g}" for t in cf.fold_thresholds))
     else:
@@ -182,7 +193,8 @@ def _train_filter(rem: _Remaining, d: int, c: int, cfg: RunConfig, generator: to
     out_va, cont_va = filter_split(ll_va, thr)
     log.info("depth %d: threshold %.4g; %d/%d training and %d/%d val samples exit here",
              d, thr, out_tr.numel(), rem.tr.numel(), out_va.numel(), rem.va.numel())
-    return _Filter(xd, yd, xv, yv, flow, thr, priors, p_tr, priors[cl_va], out_tr, cont_tr, out_va, cont_va)
+    return _Filter(xd, yd, xv, yv, flow, thr, priors, p_tr, priors[cl_va], out_tr, cont_tr, out_va, cont_va,
+                   *route_logs)
 
 
 def warm_state_for_exit(base: FeatureClassifier, target: FeatureClassifier) -> dict | None:
@@ -215,8 +227,8 @@ def _train_exit_classifier(rem: _Remaining, f: _Filter, d: int, c: int, cfg: Run
     res = train_classifier(train, val, c, cfg.cacls, generator, desc=f"depth {d} cluster-aided", init_state=init)
     route = offset = None
     if cfg.cascade.route_prior:
-        labels, reaches = route_shares_source(cfg, rem.tr[f.out_tr], rem.va[f.out_va], *split_labels, rem.counted)
-        route, offset = route_log_prior(labels, reaches, c), trained_log_prior(cfg.cacls, train.y, c)
+        route = _route_log(cfg, f.route_exit_log, rem.tr[f.out_tr], rem.va[f.out_va], split_labels, c)
+        offset = trained_log_prior(cfg.cacls, train.y, c)
     mixable = cfg.cascade.mix_base and base is not None and _is_plain_linear(res.model) and _is_plain_linear(base)
     head = PendingHead.build(f"depth {d} cluster-aided", res.model, val, base if mixable else None, route, offset)
     return res, head
@@ -231,18 +243,21 @@ def route_log_prior(labels: np.ndarray, reaches: np.ndarray, c: int) -> torch.Te
 
 
 def route_shares_source(cfg: RunConfig, train_idx: torch.Tensor, val_idx: torch.Tensor,
-                        train_labels: np.ndarray, val_labels: np.ndarray,
-                        counted: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, mask of the samples reaching a classifier) of the split route shares are counted on.
-    counted: the training samples routed as unseen samples are (cross-fitting: the deployed flows'
-    held-out folds); None = all."""
-    from_val = cfg.cascade.route_share_from == "val"
-    labels, idx = (val_labels, val_idx) if from_val else (train_labels, train_idx)
+                        train_labels: np.ndarray, val_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, mask of the samples reaching a classifier) of the split route shares are counted on."""
+    labels, idx = (val_labels, val_idx) if cfg.cascade.route_share_from == "val" else (train_labels, train_idx)
     reaches = np.zeros(len(labels), bool)
     reaches[idx.cpu().numpy()] = True
-    if counted is not None and not from_val:
-        return labels[counted], reaches[counted]
     return labels, reaches
+
+
+def _route_log(cfg: RunConfig, cross_fitted: torch.Tensor | None, train_idx: torch.Tensor, val_idx: torch.Tensor,
+               split_labels: tuple, c: int) -> torch.Tensor:
+    """log route share of each class at a classifier: the cross-fitted held-out rates when there
+    are any (and shares are counted on train), else counted over the split's samples reaching it."""
+    if cross_fitted is not None and cfg.cascade.route_share_from == "train":
+        return cross_fitted
+    return route_log_prior(*route_shares_source(cfg, train_idx, val_idx, *split_labels), c)
 
 
 def trained_log_prior(cfg_cls, y_subset: torch.Tensor, c: int) -> torch.Tensor | None:
@@ -271,10 +286,10 @@ def _train_regular(rem: _Remaining, c: int, cfg: RunConfig, generator: torch.Gen
     data removed).  Returns (head, selected epoch, val acc, history)."""
     val = ClassifierData(rem.x_va[rem.va], rem.y_va[rem.va])
     if cfg.cascade.regular == "prior_shift" and base is not None:
-        if _is_plain_linear(base):
-            labels, reaches = route_shares_source(cfg, rem.tr, rem.va, *split_labels, rem.counted)
+        if _has_bias_head(base):
             log.info("regular classifier: base %s with the remainder's label prior (prior shift)", base_name)
-            return PendingHead.build("regular classifier", base, val, None, route_log_prior(labels, reaches, c),
+            return PendingHead.build("regular classifier", base, val, None,
+                                     _route_log(cfg, rem.reach_log, rem.tr, rem.va, split_labels, c),
                                      -implied_log_prior(base_name, train_counts)), None, None, []
         log.warning("regular classifier: prior shift needs a linear base classifier; training one instead")
     init = base.state_dict() if (cfg.cascade.warm_start and base is not None) else None
@@ -282,8 +297,8 @@ def _train_regular(rem: _Remaining, c: int, cfg: RunConfig, generator: torch.Gen
                            c, cfg.regcls, generator, uses_prior=False, desc="regular classifier", init_state=init)
     route = offset = None
     if cfg.cascade.route_prior:
-        labels, reaches = route_shares_source(cfg, rem.tr, rem.va, *split_labels, rem.counted)
-        route, offset = route_log_prior(labels, reaches, c), trained_log_prior(cfg.regcls, rem.y_tr[rem.tr], c)
+        route = _route_log(cfg, rem.reach_log, rem.tr, rem.va, split_labels, c)
+        offset = trained_log_prior(cfg.regcls, rem.y_tr[rem.tr], c)
     head = PendingHead.build("regular classifier", res.model, val, None, route, offset)
     return head, res.best_epoch, res.val_accuracy, res.history
 
@@ -333,6 +348,8 @@ def train_dlsa(splits: Splits, cfg: RunConfig, device: torch.device, generator: 
         histories[f"depth{d}_flow"] = f.flow.history
         histories[f"depth{d}_cacls"] = res.history
         rem.tr, rem.va = rem.tr[f.cont_tr], rem.va[f.cont_va]
+        if f.route_cont_log is not None:
+            rem.reach_log = f.route_cont_log
 
     if not stages:
         raise DLSAError("no depth was trained: too few training samples (see filter.min_remaining)")

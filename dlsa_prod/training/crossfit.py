@@ -19,8 +19,9 @@ priors are counted on fold 0 -- samples it never trained on, like the test sampl
 - ``deployed``: the deployed flow routes every sample (one flow per depth).
 
 Either way a training sample's cluster prior never counts the sample itself, and route shares
-(route_prior, prior_shift) are counted on fold 0 only: two flows trained on different halves can
-route a class very differently (measured: class 5 exits 12% under one half's flow and 95% under
+(route_prior, prior_shift) come from fold 0 only -- at depth d, the product of each earlier
+depth's held-out continue rate and depth d's held-out exit rate (``held_out_route_rates``): two
+flows trained on different halves can route a class very differently (measured: class 5 exits 12% under one half's flow and 95% under
 the other's, 93% of its test samples under the deployed one), so only the deployed flow's
 held-out fold gives the shares test samples meet.
 """
@@ -31,12 +32,15 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import DLSAError
 from .cluster_stats import cluster_class_histogram, cluster_priors, score_flow
 
 
 def stratified_folds(labels: torch.Tensor, folds: int, generator: torch.Generator) -> torch.Tensor:
-    """Fold id (0..folds-1) of each sample: every class spread as evenly as possible over the folds,
-    in a seeded random order (the class-rank offset varies per class, so the folds' sizes stay even)."""
+    """Fold id (0..folds-1) of each sample: each class spread over the folds as evenly as it can be
+    (its counts per fold differ by at most one), in a seeded random order, starting at a random
+    fold per class.  Fold sizes are even in expectation, not exactly: with few samples per class
+    a fold can come out small or empty (cross_fit refuses an empty fold)."""
     y = labels.cpu()
     perm = torch.randperm(len(y), generator=_cpu(generator))
     order = perm[torch.argsort(y[perm], stable=True)]  # random order within each class
@@ -98,6 +102,10 @@ def cross_fit(x: torch.Tensor, y: torch.Tensor, folds: int, num_classes: int, ge
     training sample with the threshold and cluster priors of its held-out fold (its own training
     samples are scored in-sample, but no sample's cluster prior counts the sample itself)."""
     fold = stratified_folds(y, folds, generator)
+    sizes = torch.bincount(fold.cpu(), minlength=folds)
+    if bool((sizes == 0).any()):
+        raise DLSAError(f"cascade.crossfit_folds: {len(y)} remaining training samples leave a fold empty "
+                        f"(fold sizes {sizes.tolist()}); lower crossfit_folds or max_depth")
     exits = torch.zeros(len(y), dtype=torch.bool, device=x.device)
     sample_priors = torch.empty(len(y), num_classes, device=x.device)
     deployed, thresholds = None, []
@@ -121,3 +129,15 @@ def cross_fit(x: torch.Tensor, y: torch.Tensor, folds: int, num_classes: int, ge
     elif routing != "out_of_fold":
         raise ValueError(f"unknown cross-fit routing {routing!r}")
     return CrossFit(flow, thr, priors, exits, sample_priors, fold, thresholds)
+
+
+def held_out_route_rates(cf: CrossFit, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log exit rate, log continue rate) of each class among the deployed flow's held-out fold,
+    smoothed as (k + 0.5) / (n + 1).  A class's share of samples reaching a later classifier is the
+    product of these rates over the depths before it (each depth counted on its own held-out fold):
+    samples of other folds are routed by other flows, or in-sample, and must not be counted."""
+    held = cf.held_out.cpu()
+    yh = y.cpu()[held]
+    n = torch.bincount(yh, minlength=num_classes).double()
+    k = torch.bincount(yh[cf.exits.cpu()[held]], minlength=num_classes).double()
+    return (torch.log((k + 0.5) / (n + 1)).float(), torch.log((n - k + 0.5) / (n + 1)).float())
