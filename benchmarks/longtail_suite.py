@@ -112,6 +112,13 @@ VARIANTS = {
                              {"cascade.base": "cRT", "cascade.regular": "prior_shift", "cascade.mix_base": True,
                               "cascade.route_prior": True, "cascade.crossfit_folds": 2,
                               "cascade.crossfit_routing": "deployed", "cascade.route_prior_strength": "val"}),
+    "on_cRT_warm_cf_tau": ("on_cRT_route_cf_tau + every classifier warm-started from cRT",
+                           {"cascade.base": "cRT", "cascade.regular": "prior_shift", "cascade.mix_base": True,
+                            "cascade.route_prior": True, "cascade.crossfit_folds": 2,
+                            "cascade.route_prior_strength": "val", "cascade.warm_start": True}),
+    "route_prior_warm_cf_tau": ("route_prior_warm + cross-fitting + strength on val",
+                                {"cascade.route_prior": True, "cascade.warm_start": True,
+                                 "cascade.crossfit_folds": 2, "cascade.route_prior_strength": "val"}),
     "crossfit_cRT_mix": ("cross-fitted routing, exits mixed with cRT (weight on val), regular trained on the remainder",
                          {"cascade.crossfit_folds": 2, "cascade.base": "cRT", "cascade.mix_base": True}),
 }
