@@ -34,6 +34,15 @@ from dlsa_prod.seeds import SUMMARY_KEYS, run_seeds
 BENCHMARKS = {"fmnist_lt_r100": "configs/fmnist_lt_r100.yaml", "fmnist_lt_r10": "configs/fmnist_lt_r10.yaml",
               "digits_lt": "configs/digits_lt.yaml"}
 
+# Building blocks of the cross-fitting-era variants below.
+ON_CRT_ROUTE = {"cascade.base": "cRT", "cascade.regular": "prior_shift", "cascade.mix_base": True,
+                "cascade.route_prior": True}
+ROUTE = {"cascade.route_prior": True}
+WARM = {"cascade.warm_start": True}
+CF2 = {"cascade.crossfit_folds": 2}
+DEPLOYED = {"cascade.crossfit_routing": "deployed"}
+TAU = {"cascade.route_prior_strength": "val"}
+
 # name -> (description, overrides).  "research" is the method as published (the baseline of each change).
 VARIANTS = {
     "research": ("research DLSA (the cascade as published)", {}),
@@ -75,52 +84,30 @@ VARIANTS = {
     "combined": ("prior_shift + mix_base + warm_start",
                  {"cascade.regular": "prior_shift", "cascade.mix_base": True, "cascade.warm_start": True}),
     "crossfit": ("research cascade with 2-fold cross-fitted routing: each training sample routed by a flow "
-                 "that never saw it", {"cascade.crossfit_folds": 2}),
-    "crossfit_route": ("cross-fitted routing + route prior", {"cascade.crossfit_folds": 2, "cascade.route_prior": True}),
-    "crossfit_route_warm": ("cross-fitted routing + route prior + warm start",
-                            {"cascade.crossfit_folds": 2, "cascade.route_prior": True, "cascade.warm_start": True}),
-    "on_cRT_route_cf": ("on_cRT_route with 2-fold cross-fitted routing",
-                        {"cascade.base": "cRT", "cascade.regular": "prior_shift", "cascade.mix_base": True,
-                         "cascade.route_prior": True, "cascade.crossfit_folds": 2}),
-    "on_cRT_route_cf3": ("on_cRT_route with 3-fold cross-fitted routing",
-                         {"cascade.base": "cRT", "cascade.regular": "prior_shift", "cascade.mix_base": True,
-                          "cascade.route_prior": True, "cascade.crossfit_folds": 3}),
+                 "that never saw it", CF2),
     "crossfit3": ("research cascade with 3-fold cross-fitted routing", {"cascade.crossfit_folds": 3}),
-    "on_cRT_route_tau": ("on_cRT_route with the route prior strength chosen on val",
-                         {"cascade.base": "cRT", "cascade.regular": "prior_shift", "cascade.mix_base": True,
-                          "cascade.route_prior": True, "cascade.route_prior_strength": "val"}),
+    "crossfit_deployed": ("research cascade, cross-fit routing 'deployed': one flow trained on half the samples "
+                          "routes all of them at its held-out half's threshold", {**CF2, **DEPLOYED}),
+    "crossfit_route": ("cross-fitted routing + route prior", {**CF2, **ROUTE}),
+    "crossfit_route_tau": ("cross-fitted routing + route prior, strength chosen on val", {**CF2, **ROUTE, **TAU}),
+    "crossfit_cRT_mix": ("cross-fitted routing, exits mixed with cRT (weight on val), regular trained on the remainder",
+                         {**CF2, "cascade.base": "cRT", "cascade.mix_base": True}),
+    "route_prior_warm_cf_tau": ("route_prior_warm + cross-fitting + strength on val",
+                                {**ROUTE, **WARM, **CF2, **TAU}),
+    "on_cRT_route_tau": ("on_cRT_route with the route prior strength chosen on val", {**ON_CRT_ROUTE, **TAU}),
+    "on_cRT_route_cf": ("on_cRT_route with 2-fold cross-fitted routing", {**ON_CRT_ROUTE, **CF2}),
+    "on_cRT_route_cf3": ("on_cRT_route with 3-fold cross-fitted routing",
+                         {**ON_CRT_ROUTE, "cascade.crossfit_folds": 3}),
+    "on_cRT_route_cfd": ("on_cRT_route with cross-fit routing 'deployed'", {**ON_CRT_ROUTE, **CF2, **DEPLOYED}),
     "on_cRT_route_cf_tau": ("on_cRT_route_cf with the route prior strength chosen on val",
-                            {"cascade.base": "cRT", "cascade.regular": "prior_shift", "cascade.mix_base": True,
-                             "cascade.route_prior": True, "cascade.crossfit_folds": 2,
-                             "cascade.route_prior_strength": "val"}),
-    "crossfit_route_tau": ("cross-fitted routing + route prior, strength chosen on val",
-                           {"cascade.crossfit_folds": 2, "cascade.route_prior": True,
-                            "cascade.route_prior_strength": "val"}),
+                            {**ON_CRT_ROUTE, **CF2, **TAU}),
+    "on_cRT_route_cfd_tau": ("on_cRT_route_cfd with the route prior strength chosen on val",
+                             {**ON_CRT_ROUTE, **CF2, **DEPLOYED, **TAU}),
     "on_cRT_cf_tau0": ("on_cRT_route_cf at route prior strength 0: the regular classifier is cRT itself, exits "
                        "mixed with cRT (the Bayes view: the route is a function of x, so a calibrated posterior "
-                       "needs no route prior)",
-                       {"cascade.base": "cRT", "cascade.regular": "prior_shift", "cascade.mix_base": True,
-                        "cascade.route_prior": True, "cascade.crossfit_folds": 2, "cascade.route_prior_strength": 0.0}),
-    "crossfit_deployed": ("research cascade, cross-fit routing 'deployed': one flow trained on half the samples "
-                          "routes all of them at its held-out half's threshold",
-                          {"cascade.crossfit_folds": 2, "cascade.crossfit_routing": "deployed"}),
-    "on_cRT_route_cfd": ("on_cRT_route with cross-fit routing 'deployed'",
-                         {"cascade.base": "cRT", "cascade.regular": "prior_shift", "cascade.mix_base": True,
-                          "cascade.route_prior": True, "cascade.crossfit_folds": 2,
-                          "cascade.crossfit_routing": "deployed"}),
-    "on_cRT_route_cfd_tau": ("on_cRT_route_cfd with the route prior strength chosen on val",
-                             {"cascade.base": "cRT", "cascade.regular": "prior_shift", "cascade.mix_base": True,
-                              "cascade.route_prior": True, "cascade.crossfit_folds": 2,
-                              "cascade.crossfit_routing": "deployed", "cascade.route_prior_strength": "val"}),
-    "on_cRT_warm_cf_tau": ("on_cRT_route_cf_tau + every classifier warm-started from cRT",
-                           {"cascade.base": "cRT", "cascade.regular": "prior_shift", "cascade.mix_base": True,
-                            "cascade.route_prior": True, "cascade.crossfit_folds": 2,
-                            "cascade.route_prior_strength": "val", "cascade.warm_start": True}),
-    "route_prior_warm_cf_tau": ("route_prior_warm + cross-fitting + strength on val",
-                                {"cascade.route_prior": True, "cascade.warm_start": True,
-                                 "cascade.crossfit_folds": 2, "cascade.route_prior_strength": "val"}),
-    "crossfit_cRT_mix": ("cross-fitted routing, exits mixed with cRT (weight on val), regular trained on the remainder",
-                         {"cascade.crossfit_folds": 2, "cascade.base": "cRT", "cascade.mix_base": True}),
+                       "needs no route prior)", {**ON_CRT_ROUTE, **CF2, "cascade.route_prior_strength": 0.0}),
+    "on_cRT_warm_cf_tau": ("on_cRT_route_cf_tau + every classifier warm-started from cRT (the kept configuration)",
+                           {**ON_CRT_ROUTE, **CF2, **TAU, **WARM}),
 }
 
 

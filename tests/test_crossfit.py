@@ -53,18 +53,25 @@ def crossfit_config(tiny_files, tmp_path):
     return cfg
 
 
-def test_each_training_sample_is_routed_as_an_unseen_sample(crossfit_config):
-    cfg = crossfit_config
+def _fold_flow_setup(cfg):
+    """(splits, x, y, generator, fold_flow, calls): fold_flow trains the config's flow and records
+    (fold index, training samples) of every call in calls."""
     splits = load_splits(cfg.data, cfg.seed)
     x, y = torch.from_numpy(splits.train.features), torch.from_numpy(splits.train.labels)
     g = seed_everything(0)
-    trained = []
+    calls = []
 
     def fold_flow(xf, yf, f):
-        trained.append(len(yf))
+        calls.append((f, len(yf)))
         return _cached_train_flow(xf, yf, splits.num_classes, cfg, g, (None, None), f"fold {f}")
 
+    return splits, x, y, g, fold_flow, calls
+
+
+def test_each_training_sample_is_routed_as_an_unseen_sample(crossfit_config):
+    splits, x, y, g, fold_flow, calls = _fold_flow_setup(crossfit_config)
     cf = cross_fit(x, y, 2, splits.num_classes, g, fold_flow, lambda ll: llh_threshold(ll, 0.3, None))
+    trained = [n for _, n in calls]
     assert len(trained) == 2 and sum(trained) == len(y)  # each flow left exactly one fold out
     held = cf.fold == 0
     ll, cl = score_flow(cf.flow.model, x[held])
@@ -118,18 +125,10 @@ def test_crossfit_run_with_val_chosen_route_prior_strength(tiny_files, tmp_path)
 
 
 def test_deployed_routing_trains_one_flow_and_routes_every_sample_with_it(crossfit_config):
-    cfg = crossfit_config
-    splits = load_splits(cfg.data, cfg.seed)
-    x, y = torch.from_numpy(splits.train.features), torch.from_numpy(splits.train.labels)
-    g = seed_everything(0)
-    trained = []
-
-    def fold_flow(xf, yf, f):
-        trained.append(f)
-        return _cached_train_flow(xf, yf, splits.num_classes, cfg, g, (None, None), f"fold {f}")
-
+    splits, x, y, g, fold_flow, calls = _fold_flow_setup(crossfit_config)
     cf = cross_fit(x, y, 2, splits.num_classes, g, fold_flow, lambda ll: llh_threshold(ll, 0.3, None),
                    routing="deployed")
+    trained = [f for f, _ in calls]
     assert trained == [0]
     ll, cl = score_flow(cf.flow.model, x)
     assert torch.equal(ll >= cf.threshold, cf.exits)  # one flow, one threshold for every sample

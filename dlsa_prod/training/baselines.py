@@ -124,14 +124,19 @@ def _train_bsm(ctx: BaselineContext) -> Baseline:
     return ctx.fit("BSM", ctx.classifier_config("BSM"))
 
 
+def has_bias_head(model: FeatureClassifier) -> bool:
+    """Whether adjust_bias can shift the classifier: head_x ends in a linear layer with a bias."""
+    last = model.head_x[-1]
+    return isinstance(last, nn.Linear) and last.bias is not None
+
+
 def adjust_bias(model: FeatureClassifier, shift: torch.Tensor) -> FeatureClassifier:
     """A copy of the classifier whose logits are the original's + shift (added to head_x's final bias)."""
-    out = copy.deepcopy(model)
-    last = out.head_x[-1]
-    if not isinstance(last, nn.Linear) or last.bias is None:
+    if not has_bias_head(model):
         raise ValueError("a bias shift needs a linear final layer (classifier type 'linear')")
+    out = copy.deepcopy(model)
     with torch.no_grad():
-        last.bias.add_(shift.to(last.bias))
+        out.head_x[-1].bias.add_(shift.to(out.head_x[-1].bias))
     return out
 
 

@@ -31,7 +31,7 @@ from ..data import Splits
 from ..errors import DLSAError
 from ..models import DepthStage, DLSAModel, FeatureClassifier
 from ..ops import filter_split
-from .baselines import implied_log_prior
+from .baselines import has_bias_head, implied_log_prior
 from .classifier_trainer import ClassifierData, train_classifier
 from .cluster_stats import cluster_priors, score_flow
 from .crossfit import cross_fit, held_out_route_rates
@@ -109,12 +109,6 @@ class _Filter:
 
 def _tensors(fs, device):
     return torch.from_numpy(fs.features).to(device), torch.from_numpy(fs.labels).to(device)
-
-
-def _has_bias_head(model: FeatureClassifier) -> bool:
-    """Whether a bias shift can be folded into the classifier (what adjust_bias needs)."""
-    last = model.head_x[-1]
-    return isinstance(last, nn.Linear) and last.bias is not None
 
 
 def _is_plain_linear(model: FeatureClassifier) -> bool:
@@ -286,7 +280,7 @@ def _train_regular(rem: _Remaining, c: int, cfg: RunConfig, generator: torch.Gen
     data removed).  Returns (head, selected epoch, val acc, history)."""
     val = ClassifierData(rem.x_va[rem.va], rem.y_va[rem.va])
     if cfg.cascade.regular == "prior_shift" and base is not None:
-        if _has_bias_head(base):
+        if has_bias_head(base):
             log.info("regular classifier: base %s with the remainder's label prior (prior shift)", base_name)
             return PendingHead.build("regular classifier", base, val, None,
                                      _route_log(cfg, rem.reach_log, rem.tr, rem.va, split_labels, c),

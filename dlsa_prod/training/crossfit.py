@@ -101,6 +101,8 @@ def cross_fit(x: torch.Tensor, y: torch.Tensor, folds: int, num_classes: int, ge
     routing "deployed": only the deployed flow is trained (without fold 0); it routes every
     training sample with the threshold and cluster priors of its held-out fold (its own training
     samples are scored in-sample, but no sample's cluster prior counts the sample itself)."""
+    if routing not in ("out_of_fold", "deployed"):
+        raise ValueError(f"unknown cross-fit routing {routing!r}")
     fold = stratified_folds(y, folds, generator)
     sizes = torch.bincount(fold.cpu(), minlength=folds)
     if bool((sizes == 0).any()):
@@ -126,8 +128,6 @@ def cross_fit(x: torch.Tensor, y: torch.Tensor, folds: int, num_classes: int, ge
         ll, cl = score_flow(flow.model, x[rest])
         exits[rest] = ll >= thr
         sample_priors[rest] = priors[cl]  # counted on fold 0: never includes these samples
-    elif routing != "out_of_fold":
-        raise ValueError(f"unknown cross-fit routing {routing!r}")
     return CrossFit(flow, thr, priors, exits, sample_priors, fold, thresholds)
 
 

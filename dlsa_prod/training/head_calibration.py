@@ -7,10 +7,10 @@ log(that share).  But the route is a function of x, and a classifier that alread
 flow used has part of that information in its logits: the full shift then counts it twice (on
 Fashion-MNIST-LT r100 with cross-fitted routing, the medium- and few-shot samples reaching the
 regular classifier lost 4.9 and 7.5 points to plain cRT at full strength, 1.5 and 1.5 at the
-strength chosen on val; docs/benchmarks.md).  ``cascade.route_prior_strength`` scales the route part of every shift
-by tau (the part that removes the prior a classifier was trained under always stays whole); "val"
-picks one tau for the whole cascade from STRENGTH_GRID on the val samples' cascade accuracy, the
-way logit adjustment picks its tau.
+strength chosen on val; docs/benchmarks.md).  ``cascade.route_prior_strength`` scales the route
+part of every shift by tau (the part that removes the prior a classifier was trained under always
+stays whole); "val" picks one tau for the whole cascade from STRENGTH_GRID on the val samples'
+cascade accuracy, the way logit adjustment picks its tau.
 """
 
 from __future__ import annotations
