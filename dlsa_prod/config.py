@@ -246,12 +246,18 @@ class CascadeConfig(_Section):
                                    "flow at its held-out fold's threshold (one flow per depth)"
     )
 
-    @field_validator("route_prior_strength")
+    @field_validator("route_prior_strength", mode="before")
     @classmethod
     def _strength(cls, v):
-        if v != "val" and not 0 <= v <= 4:
-            raise ValueError("route_prior_strength must be \"val\" or a number in [0, 4]")
-        return v
+        if v == "val":
+            return v
+        try:
+            number = float(v) if isinstance(v, (int, float, str)) and not isinstance(v, bool) else None
+        except ValueError:
+            number = None
+        if number is None or not 0 <= number <= 4:
+            raise ValueError(f"route_prior_strength must be \"val\" or a number in [0, 4], got {v!r}")
+        return number
 
     @field_validator("crossfit_folds")
     @classmethod

@@ -211,3 +211,11 @@ def test_prior_shift_keeps_a_base_with_hidden_layers(tiny_files, tmp_path):
     tree["regcls"]["model"] = {"inputs": "XZ", "hidden_layers": [8]}
     m = run_training(config_from_dict(tree), tmp_path / "run")
     assert m["depths"][-1]["prior_shift"] and m["depths"][-1]["classifier_epoch"] is None
+
+
+@pytest.mark.parametrize("bad", ["maybe", 5, True, -0.5])
+def test_route_prior_strength_refuses_anything_but_val_or_a_number_in_range(bad):
+    from dlsa_prod.errors import DLSAError
+
+    with pytest.raises((DLSAError, ValueError), match="route_prior_strength must be \"val\" or a number"):
+        config_from_dict({"data": {"source": "digits"}, "cascade": {"route_prior_strength": bad}})
