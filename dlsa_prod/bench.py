@@ -113,7 +113,8 @@ def _eager(spec, run_dir, threads: int):
 
 def run_bench(bundle: Path | BundleSpec, batches: list[int], layouts: list[str] | None = None, providers=("cpu",),
               warmup: float = 1.0, duration: float = 3.0, run_dir: Path | None = None, threads: int = 0,
-              backends=("onnxruntime",), allow_fallback: bool = False) -> tuple[list[dict], dict]:
+              backends=("onnxruntime",), allow_fallback: bool = False,
+              accept_precision_loss: bool = False) -> tuple[list[dict], dict]:
     """(rows, info); info names the thread count and what ran.  BUNDLE: a path, or a spec already read."""
     spec = bundle if isinstance(bundle, BundleSpec) else read_spec(bundle)
     layouts = list(layouts or spec.layouts)
@@ -124,7 +125,8 @@ def run_bench(bundle: Path | BundleSpec, batches: list[int], layouts: list[str] 
     runtimes = {}
     for backend in backends:
         for lay in layouts:
-            opts = {"providers": list(providers), "allow_fallback": allow_fallback, "spinning": False} \
+            opts = {"providers": list(providers), "allow_fallback": allow_fallback, "spinning": False,
+                    "accept_precision_loss": accept_precision_loss} \
                 if backend == "onnxruntime" else {}
             runtimes[(backend, lay)] = Runtime(spec, layout=lay, backend=backend, threads=threads, **opts)
     eager = _eager(spec, run_dir, threads)
@@ -188,7 +190,7 @@ def format_rows(rows: list[dict], info: dict | None = None) -> str:
 
 
 def bench_command(bundle, batches: str, providers, layout: str | None, warmup, duration, run_dir, threads,
-                  backends, allow_fallback: bool) -> tuple[list[dict], str]:
+                  backends, allow_fallback: bool, accept_precision_loss: bool = False) -> tuple[list[dict], str]:
     """The CLI's ``bench``: validate every option first (one line, exit 2), then measure."""
     sizes = parse_batches(batches)
     warm = parse_seconds(warmup, "--warmup", allow_zero=True)
@@ -199,5 +201,5 @@ def bench_command(bundle, batches: str, providers, layout: str | None, warmup, d
     if run_dir is None and (Path(bundle).parent / "meta.json").is_file():
         run_dir = Path(bundle).parent
     rows, info = run_bench(spec, sizes, layouts, list(providers), warm, dur, run_dir, threads,
-                           list(backends), allow_fallback)
+                           list(backends), allow_fallback, accept_precision_loss)
     return rows, format_rows(rows, info)

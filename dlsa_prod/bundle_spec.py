@@ -122,11 +122,13 @@ class EnginesSpec:
     workspace_bytes: int
     engines: dict  # name -> EngineSpec
     parity: dict
+    device_name: str | None = None  # the GPU the engines were built on (None: a bundle from before it was recorded)
 
     @classmethod
     def from_dict(cls, d: dict) -> "EnginesSpec":
         return cls(d["tensorrt_version"], d["compute_capability"], d["precision"], int(d["workspace_bytes"]),
-                   {n: EngineSpec(n, e["file"], e["profile"]) for n, e in d["engines"].items()}, d.get("parity", {}))
+                   {n: EngineSpec(n, e["file"], e["profile"]) for n, e in d["engines"].items()}, d.get("parity", {}),
+                   d.get("device_name"))
 
 
 @dataclass
@@ -200,15 +202,23 @@ class BundleSpec:
 
     def load_samples(self):
         """The validation samples bench measures on (checked against their recorded sha256)."""
-        import numpy as np
-
         s = self.manifest.get("samples")
         if not s:
             raise BundleError(f"{self.path}: the bundle has no validation samples (re-export it to bench it)")
-        f = self.path / s["file"]
+        return self._checked_array(s["file"], s["sha256"])
+
+    def load_sample_labels(self):
+        """Labels of the validation samples, or None for a bundle without them (image bundles, older exports)."""
+        s = self.manifest.get("samples") or {}
+        return self._checked_array(s["labels_file"], s["labels_sha256"]) if s.get("labels_file") else None
+
+    def _checked_array(self, name: str, digest: str):
+        import numpy as np
+
+        f = self.path / name
         if not f.is_file():
-            raise BundleError(f"{f}: missing (bench needs the bundle's validation samples)")
-        if sha256_file(f) != s["sha256"]:
+            raise BundleError(f"{f}: missing (bench needs the bundle's validation samples, and so does the precision gate)")
+        if sha256_file(f) != digest:
             raise BundleError(f"{f}: sha256 mismatch (file changed or corrupted since export)")
         return np.load(f, allow_pickle=False)
 

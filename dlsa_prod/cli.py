@@ -152,16 +152,20 @@ def eval_cmd(run_dir, feature_file, device, json_out):
 @click.option("--triton", "triton_dir", type=click.Path(file_okay=False, path_type=Path),
               help="also write a Triton model repository for the fused graph here")
 @click.option("--triton-tensorrt", is_flag=True, help="Triton config: add the TensorRT execution accelerator")
+@click.option("--accept-precision-loss", is_flag=True,
+              help="write tf32/fp16 engines even when they fail the precision gate (exit agreement >= 99.5%, "
+                   "val accuracy drop <= 0.5 points)")
 @click.option("--force", is_flag=True,
               help="replace an existing bundle / Triton model directory (only ones dlsa-prod wrote)")
-def export(run_dir, out, layout, features, best, trt, trt_batches, precision, triton_dir, triton_tensorrt, force):
+def export(run_dir, out, layout, features, best, trt, trt_batches, precision, triton_dir, triton_tensorrt,
+           accept_precision_loss, force):
     """Export a trained run to an ONNX bundle (parity-gated); optionally TensorRT engines and Triton."""
     from .export.command import export_command
     from .logs import setup_logging
 
     setup_logging()
     for line in export_command(run_dir, out, layout, features, best, trt, trt_batches, precision, triton_dir,
-                               triton_tensorrt, force):
+                               triton_tensorrt, force, accept_precision_loss):
         click.echo(line)
 
 
@@ -174,6 +178,8 @@ def export(run_dir, out, layout, features, best, trt, trt_batches, precision, tr
 @click.option("--provider", "providers", multiple=True, default=["cpu"], show_default=True,
               help="ONNX Runtime provider: cpu, cuda or tensorrt")
 @click.option("--allow-fallback", is_flag=True, help="accept ONNX Runtime falling back to another provider")
+@click.option("--accept-precision-loss", is_flag=True,
+              help="run ONNX Runtime's TensorRT provider even when it fails the precision gate")
 @click.option("--layout", type=click.Choice(["fused", "staged", "single", "both"]), default=None,
               help="default: every layout the bundle has")
 @click.option("--warmup", default="1.0", show_default=True, help="seconds of warm-up per measurement")
@@ -183,13 +189,14 @@ def export(run_dir, out, layout, features, best, trt, trt_batches, precision, tr
 @click.option("--threads", default="0", show_default=True,
               help="intra-op threads for ONNX Runtime and PyTorch alike (0 = the CPUs this process may use)")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path))
-def bench(bundle, batches, backends, providers, allow_fallback, layout, warmup, duration, run_dir, threads, json_out):
+def bench(bundle, batches, backends, providers, allow_fallback, accept_precision_loss, layout, warmup, duration, run_dir,
+          threads, json_out):
     """Latency/throughput of a bundle per backend and layout, next to PyTorch eager, on validation samples."""
     from .bench import bench_command
 
     _check_json_target(json_out, [bundle, run_dir])
     rows, text = bench_command(bundle, batches, providers, layout, warmup, duration, run_dir, threads, backends,
-                               allow_fallback)
+                               allow_fallback, accept_precision_loss)
     click.echo(text)
     if json_out:
         from .run_dir import write_json

@@ -72,8 +72,15 @@ class Runtime:
         return self.spec.manifest
 
     def describe(self) -> str:
-        """What actually runs: backend, provider/device, layout."""
+        """What actually runs: backend, provider/device (for ONNX Runtime, where its nodes were placed), layout."""
         return f"{self.executor.describe()} {self.layout}"
+
+    def warmup(self) -> None:
+        """Prepare everything a request needs (the torch backend captures its CUDA graphs when it loads;
+        this is a no-op for backends with nothing left to prepare)."""
+        warm = getattr(self.executor, "warmup", None)
+        if warm is not None:
+            warm()
 
     def validate(self, batch) -> np.ndarray:
         if not isinstance(batch, np.ndarray):

@@ -2,6 +2,7 @@
 chunking), bad and edited bundles, CLI export/bench."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -69,7 +70,9 @@ def test_runtime_matches_pytorch(trained, layout):
         ref = model(torch.from_numpy(x))
     rt = Runtime(trained["bundle"], layout=layout)
     out = rt.predict(x)
-    assert rt.describe() == f"onnxruntime CPUExecutionProvider {layout}"
+    # where ONNX Runtime placed the nodes (onnxruntime >= 1.23 records it), not just what is registered
+    assert re.fullmatch(rf"onnxruntime CPUExecutionProvider \[CPUExecutionProvider 100% of \d+ nodes\] {layout}",
+                        rt.describe()), rt.describe()
     np.testing.assert_array_equal(out.labels, ref.pred.numpy())
     np.testing.assert_array_equal(out.exit_depth, ref.exit_depth.numpy())
     np.testing.assert_allclose(out.logits, ref.logits.numpy(), rtol=1e-4, atol=1e-4)
@@ -264,9 +267,11 @@ def test_cli_export_and_bench(trained, tmp_path):
                                "--threads", "1", "--run", str(trained["run"]), "--json", str(tmp_path / "b.json")])
     assert res.exit_code == 0, res.output  # a single-layout bundle: bench defaults to the layouts it has
     assert "threads: 1 (ONNX Runtime intra-op and PyTorch" in res.output
-    assert "ran: onnxruntime CPUExecutionProvider fused" in res.output
+    assert re.search(r"ran: onnxruntime CPUExecutionProvider \[CPUExecutionProvider 100% of \d+ nodes\] fused", res.output)
     rows = json.loads((tmp_path / "b.json").read_text())
-    assert {r["method"] for r in rows} == {"pytorch eager", "onnxruntime CPUExecutionProvider fused"}
+    methods = {r["method"] for r in rows}
+    assert "pytorch eager" in methods and len(methods) == 2
+    assert any(m.startswith("onnxruntime CPUExecutionProvider [CPUExecutionProvider 100% of") for m in methods)
     assert all(r["p50_ms"] > 0 for r in rows)
     res = runner.invoke(main, ["bench", str(trained["bundle"]), "--batch", "4", "--warmup", "0", "--duration",
                                "0.05", "--json", str(tmp_path / "c.json")])

@@ -6,7 +6,13 @@ streams and CUDA graphs, and the same tensors feed the torch backend and the par
 alternative, cuda-python, would add a dependency and hand-written memory management.
 
 ``HostMemory`` is the seam for tests: "device" memory is host memory (numpy arrays, the pointer
-is the array's address, stream 0), so a fake TensorRT can run engines on the CPU end to end.
+is the array's address), so a fake TensorRT can run engines on the CPU end to end; given a
+CUDA-graph capture stub (``tests/fakes/cuda_graph_stub.py``) it also captures and replays.
+
+Every buffer either seam allocates starts on a ``ALIGNMENT``-byte boundary, as TensorRT requires
+of tensor addresses (NvInferRuntime.h, setTensorAddress: "at least 256-byte alignment"; torch's
+CUDA caching allocator rounds blocks to 512 bytes).  Views into a buffer (a chunk ``a[s:e]``) are
+not aligned in general: ``is_aligned`` tells the runner when to copy.
 
 Both also serve as the ``ArrayOps`` of ``layouts.run_staged`` (routing on the device).
 """
@@ -19,8 +25,15 @@ from ..errors import DLSAError
 from .layouts import NumpyOps, TorchOps
 
 
+ALIGNMENT = 256  # bytes
+
+
 class HostMemory(NumpyOps):
     name = "host"
+
+    def __init__(self, capture=None):
+        self.capture = capture  # a torch.cuda stand-in for CUDA graphs, or None
+        self._stream = capture.Stream() if capture is not None else None
 
     def compute_capability(self) -> str:
         return "host"
@@ -29,10 +42,22 @@ class HostMemory(NumpyOps):
         return "host memory (test seam)"
 
     def empty_dtype(self, shape, dtype: str):
-        return np.empty(shape, dtype=np.dtype(dtype))
+        dt = np.dtype(dtype)
+        n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        raw = np.empty(n + ALIGNMENT, np.uint8)
+        start = (-raw.ctypes.data) % ALIGNMENT
+        return raw[start:start + n].view(dt).reshape(shape)
 
     def from_host(self, a: np.ndarray):
-        return np.ascontiguousarray(a)
+        out = self.empty_dtype(a.shape, a.dtype.name)
+        np.copyto(out, a)
+        return out
+
+    def empty(self, shape, like):
+        return self.empty_dtype(shape, like.dtype.name)
+
+    def copy_into(self, dst, src) -> None:
+        np.copyto(dst, src)
 
     def host(self, a) -> np.ndarray:
         return np.asarray(a)
@@ -42,7 +67,7 @@ class HostMemory(NumpyOps):
         return int(a.ctypes.data)
 
     def stream(self) -> int:
-        return 0
+        return self._stream.cuda_stream if self._stream is not None else 0
 
     def synchronize(self) -> None:
         pass
@@ -50,8 +75,11 @@ class HostMemory(NumpyOps):
     def concat(self, parts):
         return np.concatenate(parts)
 
+    def copy(self, a):
+        return np.array(a)
+
     def graph_capture(self):
-        return None  # no CUDA graphs on the host
+        return self.capture  # None: no CUDA graphs on the host
 
 
 class TorchCudaMemory(TorchOps):
@@ -80,6 +108,9 @@ class TorchCudaMemory(TorchOps):
     def from_host(self, a: np.ndarray):
         return self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=False)
 
+    def copy_into(self, dst, src) -> None:
+        dst.copy_(src)
+
     def host(self, a) -> np.ndarray:
         return a.detach().cpu().numpy()
 
@@ -95,8 +126,15 @@ class TorchCudaMemory(TorchOps):
     def concat(self, parts):
         return self.torch.cat(parts)
 
+    def copy(self, a):
+        return a.clone()
+
     def graph_capture(self):
         return self.torch.cuda
+
+
+def is_aligned(memory, a) -> bool:
+    return memory.ptr(a) % ALIGNMENT == 0
 
 
 def default_memory():

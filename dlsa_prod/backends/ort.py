@@ -11,6 +11,14 @@
 After a session is created its ``get_providers()`` is checked: when the requested provider is not
 active (ONNX Runtime falls back to CPU when a provider fails to start), one clear line is raised,
 unless ``allow_fallback=True`` (then a warning is logged and ``describe()`` names what ran).
+
+``describe()`` reports where the graphs' nodes were placed (share per provider), from ONNX Runtime's
+graph-assignment record (``session.record_ep_graph_assignment_info``, onnxruntime >= 1.23); with an
+older onnxruntime it names the registered providers and says so.
+
+The TensorRT provider runs TensorRT with its default TF32 on: a session is measured against the CPU
+provider on the bundle's validation samples and refused unless it passes the precision gate
+(``precision_gate``) or ``accept_precision_loss=True``.
 """
 
 from __future__ import annotations
@@ -19,9 +27,12 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
+
 from ..bundle_spec import BundleError, BundleSpec, GraphSpec
 from ..errors import DLSAError
 from .layouts import NUMPY, run_layout
+from .precision_gate import judge, routing_report
 
 log = logging.getLogger("dlsa_prod")
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -102,9 +113,36 @@ def make_session(path: Path, provider: str, chain: list, sess_options, allow_fal
     return sess
 
 
+ASSIGNMENT_KEY = "session.record_ep_graph_assignment_info"
+
+
+def node_placement(sessions) -> dict[str, int] | None:
+    """Nodes per execution provider over SESSIONS, or None when onnxruntime cannot say."""
+    counts: dict[str, int] = {}
+    for sess in sessions:
+        info = getattr(sess, "get_provider_graph_assignment_info", None)
+        if info is None:
+            return None
+        try:
+            for sub in info():
+                counts[sub.ep_name] = counts.get(sub.ep_name, 0) + len(sub.get_nodes())
+        except Exception:  # noqa: BLE001 - recording not enabled or unsupported: fall back to "registered"
+            return None
+    return counts or None
+
+
+def placement_text(counts: dict[str, int] | None, registered) -> str:
+    if counts is None:
+        return f"registered providers {'+'.join(registered)} (this onnxruntime does not report node placement)"
+    total = sum(counts.values())
+    return ", ".join(f"{p} {100 * n / total:.0f}%" for p, n in sorted(counts.items(), key=lambda kv: -kv[1])) + \
+        f" of {total} nodes"
+
+
 class OrtExecutor:
     def __init__(self, spec: BundleSpec, layout: str, provider: str = "cpu", threads: int = 0,
-                 allow_fallback: bool = False, fp16: bool = False, spinning: bool | None = None):
+                 allow_fallback: bool = False, fp16: bool = False, spinning: bool | None = None,
+                 accept_precision_loss: bool = False):
         import onnxruntime as ort
 
         self.spec, self.layout = spec, layout
@@ -115,6 +153,7 @@ class OrtExecutor:
         if threads:
             opts.intra_op_num_threads = int(threads)
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.add_session_config_entry(ASSIGNMENT_KEY, "1")
         if spinning is None:
             spinning = layout != "staged"
         if not spinning:
@@ -126,8 +165,21 @@ class OrtExecutor:
             chain = provider_chain(self.provider, spec, g, fp16)
             self.sessions[name] = make_session(spec.path / g.file, self.provider, chain, opts, allow_fallback)
         self.active = sorted({s.get_providers()[0] for s in self.sessions.values()})
+        self.placement = node_placement(self.sessions.values())
         self.calls = {name: self._caller(name) for name in self.sessions}
         self.max_rows = None
+        self.precision_report = None
+        if self.provider == "TensorrtExecutionProvider" and "TensorrtExecutionProvider" in self.active:
+            self.precision_report = self._precision_gate(threads, accept_precision_loss)
+
+    def _precision_gate(self, threads: int, accept: bool) -> dict:
+        """This session's outputs against the CPU provider's on the bundle's validation samples."""
+        samples = np.ascontiguousarray(self.spec.load_samples(), np.float32)
+        ref_logits, ref_exit = OrtExecutor(self.spec, self.layout, "cpu", threads).run(samples)
+        logits, exit_depth = self.run(samples)
+        report = routing_report({"pred": ref_logits.argmax(1), "exit": ref_exit}, logits, exit_depth,
+                                self.spec.load_sample_labels())
+        return judge(report, f"{self.spec.path}: ONNX Runtime's TensorRT provider ({self.layout})", accept)
 
     def _caller(self, name):
         sess = self.sessions[name]
@@ -135,7 +187,7 @@ class OrtExecutor:
         return lambda feeds: sess.run(outs, feeds)
 
     def describe(self) -> str:
-        return f"onnxruntime {'+'.join(self.active)}"
+        return f"onnxruntime {'+'.join(self.active)} [{placement_text(self.placement, self.active)}]"
 
     def run(self, x, timer=None):
         logits, exit_depth = run_layout(self.layout, self.calls, self.specs, x, self.spec.thresholds,
@@ -151,5 +203,6 @@ def load(spec: BundleSpec, layout: str, options: dict) -> OrtExecutor:
     if len(first) > 1:
         raise BundleError(f"choose one accelerated provider, got {', '.join(first)}")
     return OrtExecutor(spec, layout, first[0] if first else "cpu", options.get("threads", 0),
-                       options.get("allow_fallback", False), options.get("fp16", False), options.get("spinning"))
+                       options.get("allow_fallback", False), options.get("fp16", False), options.get("spinning"),
+                       options.get("accept_precision_loss", False))
 

@@ -4,8 +4,11 @@ Per graph: its own network, parser and builder config (configs are never shared:
 accumulates one optimisation profile per graph and profile 0 would not cover the next graph's
 inputs); one optimisation profile that covers every dynamic input (batch axis, image dims,
 ``cluster``) with min <= opt <= max; an explicit workspace limit; precision ``fp32`` (TF32 flag
-cleared: routing compares a log-likelihood of ~1e3 with a threshold), ``tf32`` or ``fp16``; a
-timing cache in the user cache directory, shared across builds.
+cleared, and checked to be clear: routing compares a log-likelihood of ~1e3 with a threshold),
+``tf32`` or ``fp16``; a timing cache in the user cache directory, keyed by TensorRT version, compute
+capability and GPU name, shared across builds.  Every graph is first checked against onnx-tensorrt's
+operator support matrix (``tensorrt_support``).  Every bool, -1 or None the TensorRT API returns is
+checked and turned into one line.
 
 Everything is written into the export's staging directory; the caller renames the bundle into
 place only after the engines are built and parity-checked.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 from ..bundle_spec import BATCH, BundleSpec, GraphSpec, package_data
@@ -90,10 +94,14 @@ def input_profile(t, graph: GraphSpec, batch: dict) -> dict:
     return out
 
 
-def timing_cache_path(trt, cc: str) -> Path:
+def device_slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() or "gpu"
+
+
+def timing_cache_path(trt, cc: str, device: str) -> Path:
     from .ort import user_cache_dir
 
-    return user_cache_dir() / "tensorrt" / f"timing-{trt.__version__}-sm{cc}.cache"
+    return user_cache_dir() / "tensorrt" / f"timing-{trt.__version__}-sm{cc}-{device_slug(device)}.cache"
 
 
 def check_precision(precision: str) -> None:
@@ -107,6 +115,7 @@ def set_precision(trt, config, precision: str) -> None:
     if precision == "fp32":
         if has_tf32:
             config.clear_flag(trt.BuilderFlag.TF32)  # on by default in TensorRT
+            _check_tf32_clear(trt, config)
     elif precision == "tf32":
         if not has_tf32:
             raise DLSAError(f"TensorRT {trt.__version__} has no TF32 builder flag; use --precision fp32")
@@ -117,7 +126,26 @@ def set_precision(trt, config, precision: str) -> None:
                             f"flag); fp16 engines need an fp16 graph, use --precision fp32")
         if has_tf32:
             config.clear_flag(trt.BuilderFlag.TF32)
+            _check_tf32_clear(trt, config)
         config.set_flag(trt.BuilderFlag.FP16)
+
+
+def _check_tf32_clear(trt, config) -> None:
+    if config.get_flag(trt.BuilderFlag.TF32):
+        raise DLSAError(f"TensorRT {trt.__version__} kept the TF32 builder flag set after clear_flag; refusing to "
+                        f"build engines whose routing would run in TF32 (use --precision tf32 to accept it)")
+
+
+def attach_timing_cache(trt, config, cache_bytes: bytes, where: str):
+    """The shared timing cache, or a fresh one when TensorRT refuses it (another device's cache)."""
+    cache = config.create_timing_cache(cache_bytes)
+    if config.set_timing_cache(cache, False):
+        return cache
+    log.warning("TensorRT refused the timing cache for %s (made on another device); building with a fresh one", where)
+    cache = config.create_timing_cache(b"")
+    if not config.set_timing_cache(cache, False):
+        raise DLSAError(f"TensorRT refused a fresh timing cache for {where}")
+    return cache
 
 
 def build_engine(trt, builder, logger, graph: GraphSpec, onnx_path: Path, batch: dict, precision: str,
@@ -131,15 +159,15 @@ def build_engine(trt, builder, logger, graph: GraphSpec, onnx_path: Path, batch:
     config = builder.create_builder_config()  # one config per network
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace))
     set_precision(trt, config, precision)
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, False)
+    attach_timing_cache(trt, config, cache_bytes, onnx_path.name)
     profile = builder.create_optimization_profile()
     shapes = {}
     for i in range(network.num_inputs):
         t = network.get_input(i)
         shapes[t.name] = input_profile(t, graph, batch)
         profile.set_shape(t.name, shapes[t.name]["min"], shapes[t.name]["opt"], shapes[t.name]["max"])
-    config.add_optimization_profile(profile)
+    if config.add_optimization_profile(profile) < 0:
+        raise DLSAError(f"TensorRT refused the optimization profile for {onnx_path.name}: {shapes}")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise DLSAError(f"TensorRT failed to build an engine for {onnx_path.name} (see the TensorRT log above)")
@@ -152,11 +180,12 @@ def build_engines(staging: Path, spec: BundleSpec, layouts, batch: dict, precisi
     from .device_memory import default_memory
 
     trt = import_tensorrt()
+    check_graphs(staging, spec, layouts)
     memory = memory or default_memory()
-    cc = memory.compute_capability()
+    cc, device = memory.compute_capability(), memory.device_name()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    cache_file = timing_cache_path(trt, cc)
+    cache_file = timing_cache_path(trt, cc, device)
     cache_bytes = cache_file.read_bytes() if cache_file.is_file() else b""
     (staging / "tensorrt").mkdir(exist_ok=True)
     engines = {}
@@ -172,5 +201,17 @@ def build_engines(staging: Path, spec: BundleSpec, layouts, batch: dict, precisi
     tmp = cache_file.with_name(f".{cache_file.name}.tmp{os.getpid()}")
     tmp.write_bytes(cache_bytes)
     os.replace(tmp, cache_file)
-    return {"tensorrt_version": str(trt.__version__), "compute_capability": cc, "precision": precision,
-            "workspace_bytes": int(workspace), "engines": engines, "parity": {}}
+    return {"tensorrt_version": str(trt.__version__), "compute_capability": cc, "device_name": device,
+            "precision": precision, "workspace_bytes": int(workspace), "engines": engines, "parity": {}}
+
+
+def check_graphs(staging: Path, spec: BundleSpec, layouts) -> None:
+    """One line naming the first graph TensorRT's ONNX parser would not import, before any build."""
+    from .tensorrt_support import unsupported
+
+    for layout in layouts:
+        for graph in spec.graphs(layout).values():
+            problems = unsupported(staging / graph.file)
+            if problems:
+                raise DLSAError(f"{graph.file}: TensorRT's ONNX parser does not support {problems[0]}"
+                                + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))

@@ -12,6 +12,12 @@ file); this backend rebuilds the cascade from them on CUDA or CPU.
   exiting there, every stage padded to a batch bucket and, on CUDA, replayed as one CUDA graph per
   stage and bucket; the one host round trip per depth is the count of exiting samples.
 
+CUDA graphs are captured when the executor loads (``warmup()`` re-checks that every bucket is
+ready), never at a request: torch.cuda.graph's default "global" capture mode makes CUDA work of any
+other thread fail while a capture runs, so a first request for a new bucket would break requests
+being served on other threads.  Captures use ``capture_error_mode="thread_local"`` and one memory
+pool per executor (``graph_pool_handle``), shared by every bucket and stage.
+
 fp32 throughout, TF32 off (``ops.precision.ieee_fp32``).  Parity-gated at export like the graphs.
 """
 
@@ -24,6 +30,7 @@ import numpy as np
 
 from ..bundle_spec import FUSED, REGULAR, SINGLE, BundleError, BundleSpec, classifier_name, filter_name
 from ..errors import DLSAError
+from ..ops.precision import ieee_fp32
 from .layouts import TorchOps, run_staged
 
 TORCH_DIR = "torch"
@@ -73,27 +80,25 @@ def load_model(spec: BundleSpec, device):
 
 class Bucketed:
     """Runs ``fn(*static_inputs) -> tuple of tensors`` on inputs padded to a bucket size, one set of
-    static input buffers (and, on CUDA, one captured graph) per bucket.  ``inputs``: (item shape,
-    torch dtype) per argument; padding rows are zeros (a valid cluster index too)."""
+    static input buffers (and, on CUDA, one captured graph) per bucket, all prepared at construction.
+    ``inputs``: (item shape, torch dtype) per argument; padding rows are zeros (a valid cluster index too)."""
 
     def __init__(self, fn, inputs, buckets, device, capture):
+        import torch
+
         self.fn, self.inputs, self.buckets, self.device = fn, list(inputs), list(buckets), device
-        self.capture = capture  # (fn, static_inputs) -> replay() returning the static outputs
         self.entries: dict[int, tuple] = {}
+        for b in self.buckets:  # capture (fn, static_inputs) -> replay() returning the static outputs
+            static = [torch.zeros((b, *shape), dtype=dtype, device=device) for shape, dtype in self.inputs]
+            self.entries[b] = (static, capture(fn, static))
 
     def bucket(self, n: int) -> int:
         return next(b for b in self.buckets if b >= n)
 
     def __call__(self, *xs):
-        import torch
-
         n = xs[0].shape[0]
         b = self.bucket(n)
-        entry = self.entries.get(b)
-        if entry is None:
-            static = [torch.zeros((b, *shape), dtype=dtype, device=self.device) for shape, dtype in self.inputs]
-            entry = self.entries[b] = (static, self.capture(self.fn, static))
-        static, replay = entry
+        static, replay = self.entries[b]
         for buf, x in zip(static, xs):
             buf[:n].copy_(x)
             if n < b:
@@ -105,29 +110,31 @@ def eager_capture(fn, static):
     return lambda: fn(*static)
 
 
-def cuda_graph_capture(fn, static):
-    import torch
+def graph_capture(cuda, pool):
+    """A capture function recording CUDA graphs with CUDA (``torch.cuda``, or a test stand-in) into POOL."""
 
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):  # warm-up on a side stream, as torch's CUDA graph docs require
-            fn(*static)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = fn(*static)
-    return lambda: (g.replay(), out)[1]
+    def capture(fn, static):
+        s = cuda.Stream()
+        s.wait_stream(cuda.current_stream())
+        with cuda.stream(s):
+            for _ in range(2):  # warm-up on a side stream, as torch's CUDA graph docs require
+                fn(*static)
+        cuda.current_stream().wait_stream(s)
+        g = cuda.CUDAGraph()
+        with cuda.graph(g, pool=pool, capture_error_mode="thread_local"):
+            out = fn(*static)
+        return lambda: (g.replay(), out)[1]
+
+    return capture
 
 
 class TorchExecutor:
     def __init__(self, spec: BundleSpec, layout: str, device: str = "auto", cuda_graphs: bool = True,
-                 max_bucket: int | None = None, model=None):
+                 max_bucket: int | None = None, model=None, graph_capture_with=None):
+        """``graph_capture_with``: a ``torch.cuda`` stand-in to capture with on any device (tests)."""
         import threading
 
         import torch
-
-        from ..export.graphs import FusedGraph
 
         if spec.kind == "image":
             raise BundleError(f"{spec.path}: backend 'torch' serves feature bundles; use onnxruntime or tensorrt "
@@ -140,8 +147,17 @@ class TorchExecutor:
         self.model = model if model is not None else load_model(spec, self.device)
         self.max_rows = int(max_bucket or spec.batch_profile["max"])
         self.lock = threading.Lock()  # one set of static buffers per bucket
-        self.graphs = cuda_graphs and self.device.type == "cuda"
-        capture = cuda_graph_capture if self.graphs else eager_capture
+        cuda = graph_capture_with or (torch.cuda if cuda_graphs and self.device.type == "cuda" else None)
+        self.graphs = cuda is not None
+        with torch.no_grad(), ieee_fp32():
+            self._build(spec, layout, cuda)
+
+    def _build(self, spec, layout, cuda):
+        import torch
+
+        from ..export.graphs import FusedGraph
+
+        capture = graph_capture(cuda, cuda.graph_pool_handle()) if cuda is not None else eager_capture
         buckets = buckets_for(self.max_rows)
         feat = [((spec.dim,), torch.float32)]
         self.calls = self.specs = None
@@ -183,12 +199,15 @@ class TorchExecutor:
         return run_staged(self.calls, self.specs, x, self.spec.thresholds, self.spec.depth, self.ops)
 
     def describe(self) -> str:
-        what = "CUDA graphs per batch bucket" if self.graphs else "eager, batch buckets"
+        what = "CUDA graphs per batch bucket, captured at load" if self.graphs else "eager, batch buckets"
         return f"torch {self.device.type} ({what})"
+
+    def warmup(self) -> list[int]:
+        """The batch buckets, every one prepared (and, with CUDA graphs, captured) when this executor loaded."""
+        return buckets_for(self.max_rows)
 
     def run(self, x: np.ndarray, timer=None):
         torch = self.torch
-        from ..ops.precision import ieee_fp32
 
         with torch.no_grad(), ieee_fp32(), self.lock:
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
@@ -198,4 +217,4 @@ class TorchExecutor:
 
 def load(spec: BundleSpec, layout: str, options: dict) -> TorchExecutor:
     return TorchExecutor(spec, layout, options.get("device", "auto"), options.get("cuda_graphs", True),
-                         options.get("max_bucket"), options.get("model"))
+                         options.get("max_bucket"), options.get("model"), options.get("graph_capture_with"))

@@ -2,7 +2,21 @@
 the bundle spec: the graph's real input names, dims and dtypes (``image`` [C, H, W] for image
 bundles, ``x`` [dim] otherwise), ``max_batch_size`` with dynamic batching, ``KIND_GPU`` instance
 groups (``KIND_CPU`` when asked) and optionally the TensorRT execution accelerator of Triton's
-ONNX Runtime backend (fp32 precision unless told otherwise).
+ONNX Runtime backend.
+
+What each option computes (Triton's onnxruntime backend, ``src/onnxruntime.cc`` at 00fd3e8: every
+``cuda`` accelerator parameter goes to ONNX Runtime's CUDA provider options; the ``tensorrt`` ones map
+to the TensorRT provider's ``trt_*`` options):
+
+* GPU instances always carry the ``cuda`` accelerator with ``use_tf32: 0``: ONNX Runtime's CUDA
+  provider defaults to TF32 matrix products, which flip exits (the runtime clears it the same way).
+  That makes the plain GPU config true fp32.
+* ``tensorrt``: the TensorRT accelerator with min/opt/max profile shapes from the bundle spec and an
+  engine and timing cache (``engine_cache_dir``), so it builds once instead of on every load and for
+  every larger batch.  Its ``precision_mode: FP32`` is TensorRT's default, which allows TF32 (the
+  provider has no switch to clear it); ``FP16`` (``fp16=True``) is half precision.  Both are
+  reduced precision for routing: measure them with ``Runtime(bundle, providers=["tensorrt"])``,
+  which applies the precision gate, before serving them.
 
 Staged routing is not served by this repository: in Triton it would be an ensemble (which cannot
 branch per sample, so every stage would run on the whole batch: the fused graph's cost plus
@@ -37,8 +51,17 @@ def _tensor(t) -> str:
     return f'  {{ name: "{t.name}", data_type: {TRITON_TYPES[t.dtype]}, dims: [ 1 ], reshape: {{ shape: [ ] }} }}'
 
 
+def default_engine_cache(spec: BundleSpec, name: str) -> str:
+    return f"/tmp/dlsa_prod-triton-trt/{name}-{spec.content_hash()}"
+
+
+def _parameters(params: dict) -> list[str]:
+    return [f'    parameters {{ key: "{k}" value: "{v}" }}' for k, v in params.items()]
+
+
 def model_config(spec: BundleSpec, name: str = "dlsa", max_batch: int | None = None, instances: int = 1,
-                 kind: str = "KIND_GPU", tensorrt: bool = False, fp16: bool = False) -> str:
+                 kind: str = "KIND_GPU", tensorrt: bool = False, fp16: bool = False,
+                 engine_cache_dir: str | None = None) -> str:
     """The ``config.pbtxt`` text (protobuf text format of Triton's ModelConfig)."""
     g = served_graph(spec)
     if kind not in ("KIND_GPU", "KIND_CPU"):
@@ -55,14 +78,22 @@ def model_config(spec: BundleSpec, name: str = "dlsa", max_batch: int | None = N
              f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]",
              "  max_queue_delay_microseconds: 100", "}",
              f"instance_group [ {{ count: {int(instances)}, kind: {kind} }} ]"]
-    if tensorrt:
-        if kind != "KIND_GPU":
-            raise DLSAError("the TensorRT accelerator needs KIND_GPU instances")
-        lines += ["optimization { execution_accelerators {",
-                  "  gpu_execution_accelerator : [ {", '    name : "tensorrt"',
-                  f'    parameters {{ key: "precision_mode" value: "{"FP16" if fp16 else "FP32"}" }}',
-                  f'    parameters {{ key: "max_workspace_size_bytes" value: "{2 << 30}" }}',
-                  "  } ]", "} }"]
+    if tensorrt and kind != "KIND_GPU":
+        raise DLSAError("the TensorRT accelerator needs KIND_GPU instances")
+    if kind == "KIND_GPU":
+        accelerators = []
+        if tensorrt:
+            from .ort import profile_shapes
+
+            cache = engine_cache_dir or default_engine_cache(spec, name)
+            trt = {"precision_mode": "FP16" if fp16 else "FP32", "max_workspace_size_bytes": str(2 << 30),
+                   "trt_engine_cache_enable": "1", "trt_engine_cache_path": f"{cache}/engines",
+                   "trt_timing_cache_enable": "1", "trt_timing_cache_path": f"{cache}/timing",
+                   **profile_shapes(g, {**prof, "max": max_batch, "opt": min(prof["opt"], max_batch)})}
+            accelerators.append(['    name : "tensorrt"', *_parameters(trt)])
+        accelerators.append(['    name : "cuda"', *_parameters({"use_tf32": "0"})])
+        lines += ["optimization { execution_accelerators {", "  gpu_execution_accelerator : [",
+                  ",\n".join("  {\n" + "\n".join(a) + "\n  }" for a in accelerators), "  ]", "} }"]
     return "\n".join(lines) + "\n"
 
 

@@ -33,11 +33,13 @@ from ..metrics import shot_groups
 from ..run_dir import StagingDir, check_replaceable, load_run
 from .graphs import BackboneGraph, FusedGraph, ImageInput, RegularGraph, staged_graphs
 from .onnx_export import OPSET, embed_metadata, export_onnx
+from ..backends.precision_gate import judge
 from .parity import (MAX_VALIDATION, RANDOM_IMAGES, VALIDATION_IMAGES, ParityError, ParityInputs, compare,
                      feature_inputs, passed, reference, routing_report)
 
 log = logging.getLogger("dlsa_prod")
 DLSA = "dlsa"
+SAMPLE_FILES = ("samples.npy", "samples_labels.npy")  # checked by their own sha256 in manifest["samples"]
 
 
 @dataclass
@@ -47,6 +49,7 @@ class TrtOptions:
     precision: str = "fp32"
     workspace: int = 2 << 30
     memory: object = None  # device-memory seam (tests: HostMemory); default torch CUDA
+    accept_precision_loss: bool = False  # write tf32/fp16 engines that fail the precision gate
 
 
 def resolve_model(run_meta: dict, best: bool, model: str | None, meta_file: Path) -> str:
@@ -225,7 +228,11 @@ def _write(staging: Path, run, name, layouts, inputs: ParityInputs, class_names,
     if after_export is not None:
         after_export(staging)
     manifest["samples"] = {"file": "samples.npy", "sha256": sha256_file(staging / "samples.npy")}
-    manifest["files"] = hash_files(staging, exclude=("samples.npy",))
+    if inputs.labels is not None and not image:  # lets a runtime precision gate measure accuracy
+        np.save(staging / "samples_labels.npy", np.asarray(inputs.labels[:inputs.n_validation], np.int64))
+        manifest["samples"].update(labels_file="samples_labels.npy",
+                                   labels_sha256=sha256_file(staging / "samples_labels.npy"))
+    manifest["files"] = hash_files(staging, exclude=SAMPLE_FILES)
     write_manifest(staging, manifest)
     torch_model = run.model if name == DLSA else run.baselines[name]
     ref = _reference(torch_model, inputs.x, image)
@@ -239,11 +246,12 @@ def _write(staging: Path, run, name, layouts, inputs: ParityInputs, class_names,
 
         manifest["engines"] = build_engines(staging, spec, spec.layouts, batch, trt.precision, trt.workspace,
                                             trt.memory)
-        manifest["files"] = hash_files(staging, exclude=("samples.npy",))
+        manifest["files"] = hash_files(staging, exclude=SAMPLE_FILES)
         write_manifest(staging, manifest)
         spec = read_spec(staging)
         manifest["engines"]["parity"] = _gate(spec, ref, inputs, "tensorrt", {"memory": trt.memory},
-                                              strict=trt.precision == "fp32")
+                                              strict=trt.precision == "fp32",
+                                              accept_loss=trt.accept_precision_loss)
         write_manifest(staging, manifest)
     return manifest
 
@@ -255,9 +263,11 @@ def _reference(model, x: np.ndarray, image) -> dict:
     return reference(model, x)
 
 
-def _gate(spec: BundleSpec, ref: dict, inputs: ParityInputs, backend: str, options: dict, strict: bool = True) -> dict:
+def _gate(spec: BundleSpec, ref: dict, inputs: ParityInputs, backend: str, options: dict, strict: bool = True,
+          accept_loss: bool = False) -> dict:
     """Each layout's outputs on BACKEND against the PyTorch reference; fails the export when not equal
-    (``strict``), or reports routing agreement and accuracy change (reduced-precision engines)."""
+    (``strict``), or, for reduced-precision engines, unless routing agreement and accuracy change pass
+    the precision gate (``backends.precision_gate``) or the loss is accepted."""
     from ..runtime import Runtime
 
     thresholds = np.asarray(spec.thresholds, dtype=np.float32)
@@ -266,8 +276,10 @@ def _gate(spec: BundleSpec, ref: dict, inputs: ParityInputs, backend: str, optio
         rt = Runtime(spec, layout=layout, backend=backend, **options)
         pred = rt.predict_prepared(inputs.x)
         if not strict:
-            report[layout] = routing_report(ref, pred.logits, pred.exit_depth, inputs.labels)
-            log.info("parity %s %s (reduced precision, reported only): %s", backend, layout, report[layout])
+            report[layout] = judge(routing_report(ref, pred.logits, pred.exit_depth, inputs.labels),
+                                   f"{backend} {spec.engines.precision if spec.engines else ''} {layout} engines",
+                                   accept_loss)
+            log.info("precision gate %s %s: %s", backend, layout, report[layout])
             continue
         report[layout] = compare(ref, pred.logits, pred.exit_depth, thresholds)
         if not passed(report[layout]):

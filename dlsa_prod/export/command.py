@@ -8,7 +8,8 @@ from ..errors import DLSAError
 
 
 def export_command(run_dir: Path, out: Path | None, layout: str, features, best: bool, trt: bool, trt_batches: str,
-                   precision: str, triton_dir: Path | None, triton_tensorrt: bool, force: bool) -> list[str]:
+                   precision: str, triton_dir: Path | None, triton_tensorrt: bool, force: bool,
+                   accept_precision_loss: bool = False) -> list[str]:
     """Run the export; return the lines the CLI prints."""
     from .bundle import DLSA, TrtOptions, export_bundle, resolve_model, summary
 
@@ -17,8 +18,9 @@ def export_command(run_dir: Path, out: Path | None, layout: str, features, best:
     layouts = ("fused", "staged") if layout == "both" else (layout,)
     if triton_tensorrt and not triton_dir:
         raise DLSAError("--triton-tensorrt configures the Triton repository: pass --triton DIR too")
-    if not trt and (precision != "fp32" or trt_batches != "1,64,256"):
-        raise DLSAError("--precision and --trt-batches configure TensorRT engines: pass --trt too")
+    if not trt and (precision != "fp32" or trt_batches != "1,64,256" or accept_precision_loss):
+        raise DLSAError("--precision, --trt-batches and --accept-precision-loss configure TensorRT engines: "
+                        "pass --trt too")
     if triton_dir:  # refused before any export work unless new or a model directory dlsa-prod wrote
         from ..backends.triton import check_repository
 
@@ -38,7 +40,8 @@ def export_command(run_dir: Path, out: Path | None, layout: str, features, best:
     if trt:
         from ..backends.tensorrt_build import parse_batches
 
-        options = TrtOptions(batches=parse_batches(trt_batches), precision=precision)
+        options = TrtOptions(batches=parse_batches(trt_batches), precision=precision,
+                             accept_precision_loss=accept_precision_loss)
     manifest = export_bundle(run_dir, out, layouts, features, force, best=best, trt=options,
                              triton=triton_dir is not None)
     if triton_dir:

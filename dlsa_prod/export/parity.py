@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..backends.precision_gate import routing_report  # noqa: F401  (re-exported: export's reduced-precision gate)
 from ..errors import DLSAError
 from ..models import DLSAModel
 
@@ -69,17 +70,6 @@ def reference(model, x: np.ndarray) -> dict:
     logits = model(t).numpy()
     return {"logits": logits, "pred": logits.argmax(1), "exit": np.ones(len(x), np.int64),
             "loglik": np.zeros((len(x), 0), np.float32)}
-
-
-def routing_report(ref: dict, logits: np.ndarray, exit_depth: np.ndarray, labels: np.ndarray | None) -> dict:
-    """For reduced-precision engines (fp16/tf32): agreement and accuracy change instead of the logit rule."""
-    pred = logits.argmax(1)
-    out = {"samples": int(len(pred)), "pred_agreement": float((pred == ref["pred"]).mean()),
-           "exit_agreement": float((exit_depth == ref["exit"]).mean())}
-    if labels is not None and len(labels):
-        n = len(labels)
-        out["accuracy_change"] = float((pred[:n] == labels).mean() - (ref["pred"][:n] == labels).mean())
-    return out
 
 
 def compare(ref: dict, logits: np.ndarray, exit_depth: np.ndarray, thresholds: np.ndarray) -> dict:

@@ -29,8 +29,21 @@ class GMMOutput(NamedTuple):
     log_probs: Optional[torch.Tensor]  # (B, K) or None
 
 
+def logsumexp_shifted(logp: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """logsumexp with an explicit max shift: ReduceMax, Sub, Exp, ReduceSum, Log, Add once exported.
+
+    ``torch.logsumexp`` exports as ONNX ReduceLogSumExp, which onnx-tensorrt imports as
+    Log(ReduceSum(Exp(x))) with no shift (onnxOpImporters.cpp, ReduceLogSumExp): exp of a GMM
+    log-density of -1e2..-1e3 underflows and every row becomes -inf.  A row whose terms are all
+    -inf keeps -inf (its max is replaced by 0, so no -inf - -inf = NaN); a NaN or +inf term gives NaN.
+    """
+    m = torch.amax(logp, dim=dim, keepdim=True)
+    m = torch.where(m == float("-inf"), torch.zeros_like(m), m)
+    return torch.log(torch.exp(logp - m).sum(dim=dim)) + m.squeeze(dim)
+
+
 def _finish(logp: torch.Tensor, return_log_probs: bool) -> GMMOutput:
-    loglik = torch.logsumexp(logp, dim=1) - math.log(logp.shape[1])
+    loglik = logsumexp_shifted(logp, dim=1) - math.log(logp.shape[1])
     cluster = torch.argmax(logp, dim=1)
     finite = torch.isfinite(loglik)
     # +inf (a +inf term or an overflow) is not a likelihood: NaN, as the kernels give
