@@ -60,6 +60,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import json
+import sys
 
 import numpy as np
 
@@ -68,6 +69,9 @@ BUILDS: list[dict] = []
 ERRORS: list[str] = []  # what TensorRT would log at ERROR severity
 DEVICE = "fake-gpu"  # the device property a timing cache is checked against
 ALIGNMENT = 256  # bytes, for set_tensor_address [H]
+USED: set[str] = set()  # every attribute of a fake object that code outside this module touched
+# the fake's own knobs and records, which the real module does not have (tests/test_real_tensorrt_names.py)
+FAKE_ONLY = {"BUILDS", "ERRORS", "DEVICE", "ALIGNMENT", "USED", "FAKE_ONLY"}
 
 
 def _error(msg: str):
@@ -146,6 +150,11 @@ _REMOVED = {"build_engine", "max_batch_size", "max_workspace_size", "num_binding
 
 
 class _Strict:
+    def __getattribute__(self, name):
+        if not name.startswith("_") and sys._getframe(1).f_globals.get("__name__") != __name__:
+            USED.add(name)
+        return object.__getattribute__(self, name)
+
     def __getattr__(self, name):
         if name in _REMOVED:
             raise AttributeError(f"{type(self).__name__}.{name} was removed in TensorRT 10 (fake tensorrt)")
@@ -464,7 +473,7 @@ class ICudaEngine(_Strict):
     def create_execution_context(self):
         return IExecutionContext(self)
 
-    def session(self):
+    def _ort_session(self):
         if self._session is None:
             import onnxruntime as ort
 
@@ -549,7 +558,7 @@ class IExecutionContext(_Strict):
     def _run(self, inputs):
         feeds = {n: self._view(n, self.shapes[n]).copy() for n in inputs}
         outs = [n for n, _, _ in self.engine.header["outputs"]]
-        results = self.engine.session().run(outs, feeds)
+        results = self.engine._ort_session().run(outs, feeds)
         for n, r in zip(outs, results):
             shape = self.get_tensor_shape(n)
             if tuple(r.shape) != shape:
