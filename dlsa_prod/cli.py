@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from .backends import loadable
 from .errors import DLSAError
 
 
@@ -174,7 +175,7 @@ def export(run_dir, out, layout, features, best, trt, trt_batches, precision, tr
 @click.option("--batch", "batches", default="1,8,64,256", show_default=True,
               help="comma-separated batch sizes, or a profile name: online, batch, offline")
 @click.option("--backend", "backends", multiple=True, default=["onnxruntime"], show_default=True,
-              type=click.Choice(["onnxruntime", "tensorrt", "torch"]), help="repeatable")
+              type=click.Choice(loadable()), help="repeatable")
 @click.option("--provider", "providers", multiple=True, default=["cpu"], show_default=True,
               help="ONNX Runtime provider: cpu, cuda or tensorrt")
 @click.option("--allow-fallback", is_flag=True, help="accept ONNX Runtime falling back to another provider")

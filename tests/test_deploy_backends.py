@@ -32,7 +32,15 @@ def shared(tmp_path_factory):
 
 
 def test_registry_names_every_backend():
-    assert get_backend("tensorrt").builder.endswith("build_engines")
+    from dlsa_prod.backends import BACKENDS, loadable
+
+    assert get_backend("tensorrt").builder == "dlsa_prod.backends.tensorrt_build:build"
+    assert loadable() == ["onnxruntime", "tensorrt", "torch"]  # the CLI's --backend choices
+    assert get_backend("onnxruntime").is_available() and get_backend("torch").is_available()
+    assert get_backend("triton").is_available()  # writing a repository needs nothing installed
+    assert all(b.build is not None and b.load is not None for b in BACKENDS.values())
+    with pytest.raises(DLSAError, match="needs no build step"):
+        get_backend("onnxruntime").build(None, None, {})
     with pytest.raises(DLSAError, match="unknown backend 'tflite'"):
         get_backend("tflite")
 

@@ -41,7 +41,7 @@ class _LSE(torch.nn.Module):
 
 def _export(fn, path):
     x = torch.randn(3, 5)
-    torch.onnx.export(_LSE(fn), (x,), str(path), input_names=["x"], output_names=["y"], dynamo=True,
+    torch.onnx.export(_LSE(fn).eval(), (x,), str(path), input_names=["x"], output_names=["y"], dynamo=True,
                       dynamic_shapes=({0: torch.export.Dim("batch")},))
     return path
 

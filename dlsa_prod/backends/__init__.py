@@ -19,6 +19,7 @@ An executor has ``run(x, timer) -> (logits, exit_depth)`` on graph-ready float32
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 
 from ..errors import DLSAError
@@ -26,21 +27,43 @@ from ..errors import DLSAError
 
 @dataclass(frozen=True)
 class Backend:
+    """One deployment backend, after mmdeploy's backend managers: ``build`` writes its export-time
+    artifact and returns the manifest fragment describing it, ``load`` returns an executor for a
+    bundle, ``is_available`` says whether this machine can use it.  Implementations are referenced
+    by "module:function" and imported only when used."""
     name: str
-    loader: str | None  # "module:function" (spec, layout, options) -> executor
-    builder: str | None  # "module:function", see each module
     summary: str
+    loader: str | None = None  # (spec, layout, options) -> executor
+    builder: str | None = None  # (target, spec, options) -> manifest fragment
+    requires: tuple[str, ...] = ()  # modules it needs importable
+    export_option: str | None = None  # the export CLI option that builds it
+
+    def is_available(self) -> bool:
+        return all(importlib.util.find_spec(m) is not None for m in self.requires)
+
+    def build(self, target, spec, options: dict) -> dict:
+        if self.builder is None:
+            raise DLSAError(f"backend {self.name!r} needs no build step")
+        return _resolve(self.builder)(target, spec, options)
+
+    def load(self, spec, layout: str, options: dict):
+        if self.loader is None:
+            raise DLSAError(f"backend {self.name!r} is served by its own server ({self.summary}); it cannot run "
+                            f"in-process")
+        return _resolve(self.loader)(spec, layout, options)
 
 
 BACKENDS = {
-    "onnxruntime": Backend("onnxruntime", "dlsa_prod.backends.ort:load", None,
-                           "ONNX Runtime sessions (providers cpu, cuda, tensorrt)"),
-    "tensorrt": Backend("tensorrt", "dlsa_prod.backends.tensorrt_runner:load",
-                        "dlsa_prod.backends.tensorrt_build:build_engines", "native TensorRT engines"),
-    "triton": Backend("triton", None, "dlsa_prod.backends.triton:write_repository",
-                      "Triton Inference Server model repository"),
-    "torch": Backend("torch", "dlsa_prod.backends.torch_backend:load", "dlsa_prod.backends.torch_backend:add_weights",
-                     "the PyTorch cascade (CUDA graphs per batch bucket on GPU)"),
+    "onnxruntime": Backend("onnxruntime", "ONNX Runtime sessions (providers cpu, cuda, tensorrt)",
+                           loader="dlsa_prod.backends.ort:load", requires=("onnxruntime",)),
+    "tensorrt": Backend("tensorrt", "native TensorRT engines", loader="dlsa_prod.backends.tensorrt_runner:load",
+                        builder="dlsa_prod.backends.tensorrt_build:build", requires=("tensorrt", "torch"),
+                        export_option="--trt"),
+    "triton": Backend("triton", "Triton Inference Server model repository",
+                      builder="dlsa_prod.backends.triton:build", export_option="--triton DIR"),
+    "torch": Backend("torch", "the PyTorch cascade (CUDA graphs per batch bucket on GPU)",
+                     loader="dlsa_prod.backends.torch_backend:load", builder="dlsa_prod.backends.torch_backend:build",
+                     requires=("torch",)),
 }
 
 
@@ -51,20 +74,15 @@ def get_backend(name: str) -> Backend:
         raise DLSAError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}") from None
 
 
+def loadable() -> list[str]:
+    """Backends that run in-process (the CLI's ``--backend`` choices)."""
+    return [n for n, b in BACKENDS.items() if b.loader]
+
+
 def _resolve(ref: str):
     module, fn = ref.split(":")
     return getattr(importlib.import_module(module), fn)
 
 
 def load_executor(name: str, spec, layout: str, options: dict):
-    b = get_backend(name)
-    if b.loader is None:
-        raise DLSAError(f"backend {name!r} is served by its own server ({b.summary}); it cannot run in-process")
-    return _resolve(b.loader)(spec, layout, options)
-
-
-def builder(name: str):
-    b = get_backend(name)
-    if b.builder is None:
-        raise DLSAError(f"backend {name!r} needs no build step")
-    return _resolve(b.builder)
+    return get_backend(name).load(spec, layout, options)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DLSAError
-from .layouts import NumpyOps, TorchOps
+from ..array_ops import NumpyOps, TorchOps
 
 
 ALIGNMENT = 256  # bytes

@@ -10,53 +10,10 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 
+from ..array_ops import NUMPY
 from ..bundle_spec import BACKBONE, FUSED, REGULAR, SINGLE, classifier_name, filter_name
-
-
-class NumpyOps:
-    def full(self, n, value, like):
-        return np.full(n, value, dtype=np.int64)
-
-    def arange(self, n, like):
-        return np.arange(n)
-
-    def empty(self, shape, like):
-        return np.empty(shape, dtype=like.dtype)
-
-    def count(self, mask) -> int:
-        return int(np.count_nonzero(mask))
-
-    def rows(self, a) -> int:
-        return int(a.shape[0])
-
-
-NUMPY = NumpyOps()
-
-
-class TorchOps:
-    """The same operations on torch tensors of one device (torch backend, TensorRT on torch CUDA memory)."""
-
-    def __init__(self, device):
-        import torch
-
-        self.torch, self.device = torch, device
-
-    def full(self, n, value, like):
-        return self.torch.full((n,), value, dtype=self.torch.int64, device=self.device)
-
-    def arange(self, n, like):
-        return self.torch.arange(n, device=self.device)
-
-    def empty(self, shape, like):
-        return self.torch.empty(shape, dtype=like.dtype, device=self.device)
-
-    def count(self, mask) -> int:
-        return int(mask.sum())
-
-    def rows(self, a) -> int:
-        return int(a.shape[0])
+from ..routing import regular_exit, staged_route
 
 
 class Timer:
@@ -95,41 +52,24 @@ def run_layout(layout: str, calls: dict, specs: dict, x, thresholds, depth: int,
         return logits, exit_depth
     if layout == SINGLE:
         (logits,) = _call(calls, specs, SINGLE, [x], timer)
-        return logits, ops.full(ops.rows(x), depth + 1, like=logits)
+        return logits, ops.full(ops.rows(x), regular_exit(depth), like=logits)
     return run_staged(calls, specs, x, thresholds, depth, ops, timer)
 
 
 def run_staged(calls, specs, x, thresholds, depth, ops=NUMPY, timer=None):
-    """Each sample runs the filter of every depth it reaches and only the classifier it exits at."""
+    """Each sample runs the filter of every depth it reaches and only the classifier it exits at
+    (``routing.staged_route`` over the backend's graph calls)."""
     if BACKBONE in specs:
         (x,) = _call(calls, specs, BACKBONE, [x], timer)
-    b = ops.rows(x)
-    logits = None
-    exit_depth = ops.full(b, depth + 1, like=x)
-    remaining = ops.arange(b, like=x)
-    xr = x
-    for d in range(1, depth + 1):
-        if ops.rows(remaining) == 0:
-            break
+
+    def route(d, xr):
         ll, cluster = _call(calls, specs, filter_name(d), [xr], timer)
-        out = ll >= thresholds[d - 1]
-        n_out = ops.count(out)  # the one host round trip routing needs per depth
-        if n_out:
-            (lo,) = _call(calls, specs, classifier_name(d), [xr[out], cluster[out]], timer)
-            if logits is None:
-                logits = ops.empty((b, lo.shape[1]), like=lo)
-            idx = remaining[out]
-            logits[idx] = lo
-            exit_depth[idx] = d
-        if n_out == ops.rows(remaining):
-            remaining = remaining[:0]
-            break
-        keep = ~out
-        remaining = remaining[keep]
-        xr = xr[keep]
-    if ops.rows(remaining):
-        (lr,) = _call(calls, specs, REGULAR, [xr], timer)
-        if logits is None:
-            logits = ops.empty((b, lr.shape[1]), like=lr)
-        logits[remaining] = lr
-    return logits, exit_depth
+        return ll, cluster
+
+    def classify(d, xe, ce):
+        return _call(calls, specs, classifier_name(d), [xe, ce], timer)[0]
+
+    def regular(xr):
+        return _call(calls, specs, REGULAR, [xr], timer)[0]
+
+    return staged_route(route, classify, regular, x, thresholds, depth, ops)

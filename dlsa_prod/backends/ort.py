@@ -31,7 +31,8 @@ import numpy as np
 
 from ..bundle_spec import BundleError, BundleSpec, GraphSpec
 from ..errors import DLSAError
-from .layouts import NUMPY, run_layout
+from ..array_ops import NUMPY
+from .layouts import run_layout
 from .precision_gate import judge, routing_report
 
 log = logging.getLogger("dlsa_prod")

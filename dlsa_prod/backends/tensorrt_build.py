@@ -174,6 +174,13 @@ def build_engine(trt, builder, logger, graph: GraphSpec, onnx_path: Path, batch:
     return bytes(serialized), shapes, bytes(config.get_timing_cache().serialize())
 
 
+def build(staging: Path, spec: BundleSpec, options: dict) -> dict:
+    """The registry's build step: engines for every layout of SPEC (options: batch, precision,
+    workspace, memory); the manifest's ``engines`` entry."""
+    return build_engines(staging, spec, spec.layouts, options["batch"], options.get("precision", "fp32"),
+                         options.get("workspace", DEFAULT_WORKSPACE), options.get("memory"))
+
+
 def build_engines(staging: Path, spec: BundleSpec, layouts, batch: dict, precision: str = "fp32",
                   workspace: int = DEFAULT_WORKSPACE, memory=None) -> dict:
     """Engines for every graph of LAYOUTS into STAGING/tensorrt; returns the manifest's ``engines`` entry."""

@@ -31,7 +31,8 @@ import numpy as np
 from ..bundle_spec import FUSED, REGULAR, SINGLE, BundleError, BundleSpec, classifier_name, filter_name
 from ..errors import DLSAError
 from ..ops.precision import ieee_fp32
-from .layouts import TorchOps, run_staged
+from ..array_ops import TorchOps
+from .layouts import run_staged
 
 TORCH_DIR = "torch"
 
@@ -45,6 +46,11 @@ def add_weights(staging: Path, run, model_name: str) -> dict:
     for f in ("config.yaml", "meta.json", weights):
         shutil.copyfile(Path(run.path) / f, d / f)
     return {"dir": TORCH_DIR, "weights": weights}
+
+
+def build(staging: Path, spec, options: dict) -> dict:
+    """The registry's build step (options: run, model): the manifest's ``torch`` entry."""
+    return add_weights(staging, options["run"], options["model"])
 
 
 def buckets_for(max_rows: int) -> list[int]:
@@ -155,7 +161,7 @@ class TorchExecutor:
     def _build(self, spec, layout, cuda):
         import torch
 
-        from ..export.graphs import FusedGraph
+        from ..models.graphs import FusedGraph
 
         capture = graph_capture(cuda, cuda.graph_pool_handle()) if cuda is not None else eager_capture
         buckets = buckets_for(self.max_rows)

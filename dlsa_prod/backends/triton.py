@@ -108,6 +108,14 @@ def check_repository(repo: Path, name: str = "dlsa", force: bool = False, protec
     return check_replaceable(Path(repo) / name, TRITON_KIND, protected_paths, force)
 
 
+def build(bundle: Path, spec, options: dict) -> dict:
+    """The registry's build step, after the bundle is in place (options: repo, force and
+    ``model_config`` keywords): the repository entry for the export's report."""
+    opts = dict(options)
+    repo, force = opts.pop("repo"), opts.pop("force", False)
+    return {"repository": str(write_repository(spec or bundle, repo, force=force, **opts))}
+
+
 def write_repository(bundle, repo: Path, name: str = "dlsa", force: bool = False, **kwargs) -> Path:
     """REPO/NAME/{config.pbtxt, 1/model.onnx}, built next to the target and renamed into place.  An
     existing REPO/NAME is replaced only with ``force`` and only when this package wrote it."""

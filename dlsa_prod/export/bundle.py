@@ -28,10 +28,11 @@ from .. import __version__
 from ..bundle_spec import (BACKBONE, BUNDLE_KIND, DEFAULT_BATCH_PROFILE, FORMAT, FORMAT_VERSION, FUSED, LAYOUTS,
                            SINGLE, BundleSpec, GraphSpec, graph_metadata, hash_files, onnx_io, read_spec,
                            sha256_file, write_manifest)
+from ..backends import get_backend
 from ..errors import DLSAError
 from ..metrics import shot_groups
 from ..run_dir import StagingDir, check_replaceable, load_run
-from .graphs import BackboneGraph, FusedGraph, ImageInput, RegularGraph, staged_graphs
+from ..models.graphs import BackboneGraph, FusedGraph, ImageInput, RegularGraph, staged_graphs
 from .onnx_export import OPSET, embed_metadata, export_onnx
 from ..backends.precision_gate import judge
 from .parity import (MAX_VALIDATION, RANDOM_IMAGES, VALIDATION_IMAGES, ParityError, ParityInputs, compare,
@@ -222,9 +223,7 @@ def _write(staging: Path, run, name, layouts, inputs: ParityInputs, class_names,
     samples = image["samples"] if image else inputs.x[:inputs.n_validation]
     np.save(staging / "samples.npy", samples)
     if not image:
-        from ..backends.torch_backend import add_weights
-
-        manifest["torch"] = add_weights(staging, run, name)
+        manifest["torch"] = get_backend("torch").build(staging, None, {"run": run, "model": name})
     if after_export is not None:
         after_export(staging)
     manifest["samples"] = {"file": "samples.npy", "sha256": sha256_file(staging / "samples.npy")}
@@ -242,10 +241,8 @@ def _write(staging: Path, run, name, layouts, inputs: ParityInputs, class_names,
         manifest["parity"]["torch"] = _gate(spec, ref, inputs, "torch", {"device": "cpu"})
     write_manifest(staging, manifest)
     if trt is not None:
-        from ..backends.tensorrt_build import build_engines
-
-        manifest["engines"] = build_engines(staging, spec, spec.layouts, batch, trt.precision, trt.workspace,
-                                            trt.memory)
+        manifest["engines"] = get_backend("tensorrt").build(staging, spec, {
+            "batch": batch, "precision": trt.precision, "workspace": trt.workspace, "memory": trt.memory})
         manifest["files"] = hash_files(staging, exclude=SAMPLE_FILES)
         write_manifest(staging, manifest)
         spec = read_spec(staging)

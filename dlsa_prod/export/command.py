@@ -45,9 +45,10 @@ def export_command(run_dir: Path, out: Path | None, layout: str, features, best:
     manifest = export_bundle(run_dir, out, layouts, features, force, best=best, trt=options,
                              triton=triton_dir is not None)
     if triton_dir:
-        from ..backends.triton import write_repository
+        from ..backends import get_backend
 
-        model_dir = write_repository(out, triton_dir, force=force, tensorrt=triton_tensorrt)
-        lines.append(f"Triton model repository: {model_dir}")
+        built = get_backend("triton").build(out, None, {"repo": triton_dir, "force": force,
+                                                        "tensorrt": triton_tensorrt})
+        lines.append(f"Triton model repository: {built['repository']}")
     lines.append(f"bundle: {out}  " + summary(manifest))
     return lines

@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 
 from ..config import RunConfig
-from ..ops import filter_split
+from ..array_ops import TorchOps
+from ..routing import staged_route
 from .classifiers import FeatureClassifier
 from .flow_gmm import FlowGMM
 
@@ -68,22 +69,12 @@ class DLSAModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> DLSAOutput:
         """Per-sample routing: each sample runs only the stages it reaches."""
-        b = x.shape[0]
-        logits = x.new_zeros(b, self.num_classes)
-        exit_depth = torch.full((b,), self.depth + 1, dtype=torch.int64, device=x.device)
-        loglik = x.new_full((b, self.depth), float("nan"))
-        remaining = torch.arange(b, device=x.device)
-        for d, stage in enumerate(self.stages):
-            if remaining.numel() == 0:
-                break
-            xr = x[remaining]
-            ll, cluster = stage.route(xr)
-            loglik[remaining, d] = ll
-            out_idx, cont_idx = filter_split(ll, float(stage.threshold))
-            if out_idx.numel():
-                logits[remaining[out_idx]] = stage.classify(xr[out_idx], cluster[out_idx])
-                exit_depth[remaining[out_idx]] = d + 1
-            remaining = remaining[cont_idx]
-        if remaining.numel():
-            logits[remaining] = self.regular(x[remaining])
+        loglik = x.new_full((x.shape[0], self.depth), float("nan"))
+
+        def record(d, remaining, ll):
+            loglik[remaining, d - 1] = ll
+
+        logits, exit_depth = staged_route(lambda d, xr: self.stages[d - 1].route(xr),
+                                          lambda d, xe, ce: self.stages[d - 1].classify(xe, ce), self.regular, x,
+                                          self.thresholds, self.depth, TorchOps(x.device), record)
         return DLSAOutput(logits, logits.argmax(1), exit_depth, loglik)

@@ -30,7 +30,7 @@ from ..config import RunConfig
 from ..data import Splits
 from ..errors import DLSAError
 from ..models import DepthStage, DLSAModel, FeatureClassifier
-from ..ops import filter_split
+from ..routing import split_indices
 from .baselines import has_bias_head, implied_log_prior
 from .classifier_trainer import ClassifierData, train_classifier
 from .cluster_stats import cluster_priors, score_flow
@@ -182,9 +182,9 @@ def _train_filter(rem: _Remaining, d: int, c: int, cfg: RunConfig, generator: to
         thr = llh_threshold(ll_tr, prop, cfg.filter.llh_thres)
         priors = temper(cluster_priors(cl_tr.cpu(), yd.cpu(), flow.model.num_cluster, c).to(xd.device))
         p_tr = priors[cl_tr]
-        out_tr, cont_tr = filter_split(ll_tr, thr)
+        out_tr, cont_tr = split_indices(ll_tr, thr)
     ll_va, cl_va = score_flow(flow.model, xv)
-    out_va, cont_va = filter_split(ll_va, thr)
+    out_va, cont_va = split_indices(ll_va, thr)
     log.info("depth %d: threshold %.4g; %d/%d training and %d/%d val samples exit here",
              d, thr, out_tr.numel(), rem.tr.numel(), out_va.numel(), rem.va.numel())
     return _Filter(xd, yd, xv, yv, flow, thr, priors, p_tr, priors[cl_va], out_tr, cont_tr, out_va, cont_va,

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..routing import exits as exit_mask
 from ..errors import DLSAError
 from .cluster_stats import cluster_class_histogram, cluster_priors, score_flow
 
@@ -117,7 +118,7 @@ def cross_fit(x: torch.Tensor, y: torch.Tensor, folds: int, num_classes: int, ge
         ll, cl = score_flow(flow.model, x[held])
         thr = float(threshold_of(ll))
         thresholds.append(thr)
-        exits[held] = ll >= thr
+        exits[held] = exit_mask(ll, thr)
         k = flow.model.num_cluster
         sample_priors[held] = temper(leave_one_out_priors(cl, y[held], k, num_classes))
         if f == 0:
@@ -126,7 +127,7 @@ def cross_fit(x: torch.Tensor, y: torch.Tensor, folds: int, num_classes: int, ge
     if routing == "deployed":
         rest = fold != 0
         ll, cl = score_flow(flow.model, x[rest])
-        exits[rest] = ll >= thr
+        exits[rest] = exit_mask(ll, thr)
         sample_priors[rest] = priors[cl]  # counted on fold 0: never includes these samples
     return CrossFit(flow, thr, priors, exits, sample_priors, fold, thresholds)
 

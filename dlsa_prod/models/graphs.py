@@ -1,4 +1,5 @@
-"""torch modules that the exporter turns into ONNX graphs.
+"""Views of the trained cascade as graphs: the torch modules the exporter turns into ONNX graphs and
+the torch backend serves.
 
 * ``FusedGraph``: every depth for the whole batch; each sample's exit classifier is selected
   with masks.  Outputs logits, pred, exit_depth, loglik (B, D).
@@ -13,7 +14,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..models import DepthStage, DLSAModel, FeatureClassifier
+from .classifiers import FeatureClassifier
+from .dlsa_model import DepthStage, DLSAModel
+
+from ..array_ops import TorchOps
+from ..routing import exits, masked_route, regular_exit
 
 
 class FilterGraph(nn.Module):
@@ -50,20 +55,15 @@ class FusedGraph(nn.Module):
 
     def forward(self, x):
         m = self.model
-        depth = m.depth
         logits = m.regular(x)
-        exit_depth = torch.full_like(x[:, 0], depth + 1, dtype=torch.int64)
-        lls = []
-        exits, stage_logits = [], []
+        exit_depth = torch.full_like(x[:, 0], regular_exit(m.depth), dtype=torch.int64)
+        lls, masks, stage_logits = [], [], []
         for stage in m.stages:
             ll, cluster = stage.route(x)
             lls.append(ll)
-            exits.append(ll >= stage.threshold)
+            masks.append(exits(ll, stage.threshold))
             stage_logits.append(stage.classify(x, cluster))
-        # the first depth whose threshold a sample meets wins: apply the deepest first
-        for d in range(depth - 1, -1, -1):
-            logits = torch.where(exits[d].unsqueeze(1), stage_logits[d], logits)
-            exit_depth = torch.where(exits[d], torch.full_like(exit_depth, d + 1), exit_depth)
+        logits, exit_depth = masked_route(masks, stage_logits, logits, exit_depth, TorchOps(x.device))
         return logits, logits.argmax(1), exit_depth, torch.stack(lls, 1)
 
 

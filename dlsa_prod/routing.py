@@ -1,0 +1,92 @@
+"""The routing rule of the DLSA cascade, in one place.
+
+A sample exits at depth d (1-based) when its depth-d log-likelihood is at least that depth's
+threshold; the first depth that takes it wins; NaN never exits; a sample no depth takes exits at
+D + 1, the regular classifier.  Everything that routes calls this module: the PyTorch model
+(``DLSAModel``), the fused and staged graphs, every backend's staged layout (``layouts.run_staged``),
+training (the cascade and cross-fitting) and feature evaluation.
+
+Three forms of the same rule:
+
+* ``exits(loglik, threshold)``: the exit mask of one depth (numpy or torch);
+* ``staged_route``: per-sample routing, each sample runs the filters of the depths it reaches and
+  only the classifier it exits at (the staged layout, ``DLSAModel.forward``);
+* ``masked_route``: every depth computed for the whole batch, exits picked with masks, deepest
+  first (the fused graph: no data-dependent shapes).
+
+Arrays go through an ``ArrayOps`` (``backends.layouts.NumpyOps`` / ``TorchOps``) so one code path
+serves numpy, torch CPU and device memory.  Torch-free: the ONNX Runtime path imports it.
+
+To change the rule (per-class or per-cluster thresholds, soft routing), change ``exits`` here
+and where thresholds are computed (``training/cascade.py``, ``llh_threshold``).
+"""
+
+from __future__ import annotations
+
+
+def exits(loglik, threshold):
+    """Mask of the samples that exit at this depth: loglik >= threshold (NaN compares False)."""
+    return loglik >= threshold
+
+
+def regular_exit(depth: int) -> int:
+    """The exit depth reported for the regular classifier."""
+    return depth + 1
+
+
+def split_indices(loglik, threshold: float):
+    """(exit indices, continue indices), ascending, of a torch loglik vector: ``exits`` as index lists
+    for training.  The native ``filter_split`` op does it when built: about 2x faster than mask +
+    nonzero at ImageNet-LT's 115k training rows and 7x at 4k on one CPU thread
+    (``benchmarks/filter_split.py``; table in docs/architecture.md)."""
+    from .ops import filter_split
+
+    return filter_split(loglik, threshold)
+
+
+def staged_route(route, classify, regular, x, thresholds, depth: int, ops, record=None):
+    """Per-sample routing.  ``route(d, xr) -> (loglik, cluster)`` for the samples still remaining at
+    depth d, ``classify(d, x_exit, cluster_exit) -> logits``, ``regular(x_rest) -> logits``;
+    ``record(d, remaining_index, loglik)`` sees each depth's scores (optional).  Returns
+    (logits, exit_depth) as arrays of ``ops``.  One host round trip per depth: how many exit."""
+    b = ops.rows(x)
+    logits = None
+    exit_depth = ops.full(b, regular_exit(depth), like=x)
+    remaining = ops.arange(b, like=x)
+    xr = x
+    for d in range(1, depth + 1):
+        if ops.rows(remaining) == 0:
+            break
+        ll, cluster = route(d, xr)
+        if record is not None:
+            record(d, remaining, ll)
+        out = exits(ll, thresholds[d - 1])
+        n_out = ops.count(out)
+        if n_out:
+            lo = classify(d, xr[out], cluster[out])
+            if logits is None:
+                logits = ops.empty((b, lo.shape[1]), like=lo)
+            idx = remaining[out]
+            logits[idx] = lo
+            exit_depth[idx] = d
+        if n_out == ops.rows(remaining):
+            remaining = remaining[:0]
+            break
+        keep = ~out
+        remaining = remaining[keep]
+        xr = xr[keep]
+    if ops.rows(remaining):
+        lr = regular(xr)
+        if logits is None:
+            logits = ops.empty((b, lr.shape[1]), like=lr)
+        logits[remaining] = lr
+    return logits, exit_depth
+
+
+def masked_route(exit_masks, stage_logits, logits, exit_depth, ops):
+    """Fused routing: ``logits`` / ``exit_depth`` start as the regular classifier's; the first depth
+    whose mask holds wins, so the masks are applied deepest first."""
+    for d in range(len(exit_masks) - 1, -1, -1):
+        logits = ops.where(ops.column(exit_masks[d]), stage_logits[d], logits)
+        exit_depth = ops.where(exit_masks[d], d + 1, exit_depth)
+    return logits, exit_depth
