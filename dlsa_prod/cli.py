@@ -114,7 +114,7 @@ def eval_cmd(run_dir, feature_file, device, json_out):
 
     from .data import read_features
     from .device import resolve_device
-    from .evaluation import evaluate
+    from .evaluation import evaluate, input_guard_warning
     from .metrics import display_rows, format_table, run_shot_thresholds
     from .run_data import load_run_splits
     from .run_dir import load_run, write_json
@@ -130,6 +130,9 @@ def eval_cmd(run_dir, feature_file, device, json_out):
         except DLSAError as exc:
             raise DLSAError(f"cannot read the run's test split ({exc}); pass --features FILE") from None
     counts = np.asarray(run.meta["train_class_counts"])
+    warning = input_guard_warning(run.model, run.meta, fs.features, dev, name)
+    if warning:
+        click.echo(warning, err=True)
     metrics = evaluate(run.model, run.baselines, fs, counts, dev, *run_shot_thresholds(run.meta))
     click.echo(format_table(display_rows(metrics), f"{name} ({len(fs)} samples, accuracy %)"))
     share = metrics["dlsa"]["routing_share"]
@@ -188,9 +191,8 @@ def bench(bundle, batches, backends, providers, allow_fallback, layout, warmup, 
     from .bench import bench_command
 
     _check_json_target(json_out, [bundle, run_dir])
-    rows, text = bench_command(bundle, batches, providers, layout, warmup, duration, run_dir, threads, backends,
-                               allow_fallback)
-    click.echo(text)
+    rows, _text = bench_command(bundle, batches, providers, layout, warmup, duration, run_dir, threads, backends,
+                                allow_fallback, echo=click.echo)  # each row printed as it finishes
     if json_out:
         from .run_dir import write_json
 

@@ -18,7 +18,8 @@ from . import __version__, distributed
 from .config import RunConfig
 from .data import FeatureSet, Splits, load_splits
 from .device import resolve_device
-from .evaluation import evaluate
+from .evaluation import cascade_predictions, evaluate
+from .input_guard import InputGuard
 from .logs import close_handler, setup_logging
 from .metrics import (best_baseline, best_method, display_name, display_rows, format_routing_by_class, format_table,
                       gap_line, routing_by_class)
@@ -151,7 +152,17 @@ def run_meta(cfg: RunConfig, splits: Splits, models: TrainedModels, backbone: di
             "num_classes": splits.num_classes, "depth": models.dlsa.model.depth,
             "train_class_counts": splits.train_counts().tolist(), "baselines": list(models.baselines),
             "seed": cfg.seed, "many_shot": cfg.data.many_shot, "few_shot": cfg.data.few_shot,
-            "backbone": backbone, "best_on_val": metrics["best_on_val"]}
+            "backbone": backbone, "best_on_val": metrics["best_on_val"],
+            "input_guard": input_guard(models.dlsa.model, splits.train)}
+
+
+def input_guard(model, train: FeatureSet) -> dict | None:
+    """The training set's 0.1% / 1% quantiles of depth-1 log p(x) (``dlsa_prod.input_guard``)."""
+    if model.depth == 0:
+        return None
+    device = next(model.parameters()).device
+    _pred, _exits, loglik = cascade_predictions(model, train.features, device, with_loglik=True)
+    return InputGuard.from_loglik(loglik[:, 0]).to_dict()
 
 
 def save_models(workdir: Path, cfg: RunConfig, splits: Splits, models: TrainedModels, backbone: dict | None,

@@ -1,4 +1,5 @@
-"""How each bundle layout turns graph calls into (logits, exit_depth), for any backend.
+"""How each bundle layout turns graph calls into (logits, exit_depth, loglik_1), for any backend
+(loglik_1: depth 1's log p(x) of every row, for the input guard; None for the single layout).
 
 A backend supplies one callable per graph (``feeds dict -> list of outputs`` in the spec's output
 order) and an ``ArrayOps`` for the arrays it works on: numpy on the host (ONNX Runtime), or
@@ -89,13 +90,13 @@ def _call(calls, specs, name, args, timer):
 
 
 def run_layout(layout: str, calls: dict, specs: dict, x, thresholds, depth: int, ops=NUMPY, timer=None):
-    """(logits, exit_depth) for graph-ready input X, as arrays of ``ops``."""
+    """(logits, exit_depth, loglik_1) for graph-ready input X, as arrays of ``ops``."""
     if layout == FUSED:
-        logits, _pred, exit_depth, _ll = _call(calls, specs, FUSED, [x], timer)
-        return logits, exit_depth
+        logits, _pred, exit_depth, ll = _call(calls, specs, FUSED, [x], timer)
+        return logits, exit_depth, ll[:, 0]
     if layout == SINGLE:
         (logits,) = _call(calls, specs, SINGLE, [x], timer)
-        return logits, ops.full(ops.rows(x), depth + 1, like=logits)
+        return logits, ops.full(ops.rows(x), depth + 1, like=logits), None
     return run_staged(calls, specs, x, thresholds, depth, ops, timer)
 
 
@@ -108,10 +109,13 @@ def run_staged(calls, specs, x, thresholds, depth, ops=NUMPY, timer=None):
     exit_depth = ops.full(b, depth + 1, like=x)
     remaining = ops.arange(b, like=x)
     xr = x
+    loglik_1 = None
     for d in range(1, depth + 1):
         if ops.rows(remaining) == 0:
             break
         ll, cluster = _call(calls, specs, filter_name(d), [xr], timer)
+        if d == 1:
+            loglik_1 = ll  # every row reaches depth 1
         out = ll >= thresholds[d - 1]
         n_out = ops.count(out)  # the one host round trip routing needs per depth
         if n_out:
@@ -132,4 +136,4 @@ def run_staged(calls, specs, x, thresholds, depth, ops=NUMPY, timer=None):
         if logits is None:
             logits = ops.empty((b, lr.shape[1]), like=lr)
         logits[remaining] = lr
-    return logits, exit_depth
+    return logits, exit_depth, loglik_1

@@ -138,9 +138,9 @@ class OrtExecutor:
         return f"onnxruntime {'+'.join(self.active)}"
 
     def run(self, x, timer=None):
-        logits, exit_depth = run_layout(self.layout, self.calls, self.specs, x, self.spec.thresholds,
-                                        self.spec.depth, NUMPY, timer)
-        return logits, exit_depth.astype("int64", copy=False)
+        logits, exit_depth, loglik_1 = run_layout(self.layout, self.calls, self.specs, x, self.spec.thresholds,
+                                                  self.spec.depth, NUMPY, timer)
+        return logits, exit_depth.astype("int64", copy=False), loglik_1
 
 
 def load(spec: BundleSpec, layout: str, options: dict) -> OrtExecutor:
