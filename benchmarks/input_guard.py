@@ -34,7 +34,7 @@ def fashion_mnist_pixels(directory: Path, n: int = 2000) -> np.ndarray:
 
     from dlsa_prod.data.idx import read_idx_split
 
-    images, _labels = read_idx_split(directory, "test")
+    images, _labels = read_idx_split(directory, "t10k")
     small = [np.asarray(Image.fromarray(im).resize((8, 8), Image.Resampling.BOX), dtype=np.float32) / 255.0
              for im in images[:n]]
     return np.stack(small).reshape(len(small), 64)
