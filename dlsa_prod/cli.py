@@ -52,7 +52,8 @@ def main():
               help="run the whole comparison once per seed (OUT/seed_<s>/) and report mean +- std")
 @click.option("--force", is_flag=True, help="replace an existing output directory")
 @click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16"]), help="overrides the config's training precision")
-def train(config, out, device, seed, overrides, seeds_text, force, precision):
+@click.option("--tensorboard", is_flag=True, help="also write a TensorBoard log to RUN/tensorboard (output.tensorboard)")
+def train(config, out, device, seed, overrides, seeds_text, force, precision, tensorboard):
     """Train DLSA (and the plain baseline classifiers) from CONFIG.yaml; print the metrics table."""
     from .config import load_config
     from .pipeline import run_training
@@ -66,6 +67,8 @@ def train(config, out, device, seed, overrides, seeds_text, force, precision):
         extra.append(f"seed={seed}")
     if precision:
         extra.append(f"precision={precision}")
+    if tensorboard:
+        extra.append("output.tensorboard=true")
     cfg = load_config(config, extra)
     out = Path(out or cfg.output.dir)
     seeds = parse_seeds(seeds_text) if seeds_text else cfg.seeds

@@ -360,6 +360,7 @@ class DataConfig(_Section):
 
 class OutputConfig(_Section):
     dir: Path = Path("runs/dlsa")
+    tensorboard: bool = False  # RUN/tensorboard/: per-epoch losses, selection scores, routing shares
 
 
 class RunConfig(_Section):

@@ -21,6 +21,7 @@ from .device import resolve_device
 from .evaluation import cascade_predictions, evaluate
 from .input_guard import InputGuard
 from .logs import close_handler, setup_logging
+from .progress import reset_clock
 from .metrics import (best_baseline, best_method, display_name, display_rows, format_routing_by_class, format_table,
                       gap_line, routing_by_class)
 from .models import FeatureClassifier
@@ -42,6 +43,7 @@ def run_training(cfg: RunConfig, out: Path, force: bool = False) -> dict:
     distributed.join_for_run(cfg.device)  # torchrun: join the process group; only rank 0 writes `out`
     staging = distributed.RankStaging(lambda: StagingDir(out, force, kind="run", protected_paths=cfg.input_paths()))
     handler = setup_logging(staging.path / "train.log")
+    reset_clock()  # progress lines (outside a terminal) every progress.INTERVAL seconds from now
     try:
         with logging_redirect_tqdm(loggers=[log]), distributed.rank_context(cfg):
             metrics = _train(cfg, staging.path)
@@ -171,6 +173,10 @@ def save_models(workdir: Path, cfg: RunConfig, splits: Splits, models: TrainedMo
     save_run(workdir, cfg, run_meta(cfg, splits, models, backbone, metrics), models.dlsa.model.cpu(),
              {k: v.cpu() for k, v in models.baseline_models.items()}, metrics)
     (workdir / "history.json").write_text(json.dumps(models.dlsa.histories))
+    if cfg.output.tensorboard:
+        from .tensorboard_log import DIRNAME, write_tensorboard
+
+        write_tensorboard(workdir / DIRNAME, models.dlsa.histories, metrics)
 
 
 def _train(cfg: RunConfig, workdir: Path) -> dict:
