@@ -122,7 +122,10 @@ def eval_cmd(run_dir, feature_file, device, json_out):
     from .run_data import load_run_splits
     from .run_dir import load_run, write_json
 
+    from .seeds import check_not_seeds_dir
+
     _check_json_target(json_out, [run_dir, feature_file])
+    check_not_seeds_dir(run_dir)
     dev = resolve_device(device)
     run = load_run(run_dir, dev)
     if feature_file is not None:
@@ -164,7 +167,9 @@ def export(run_dir, out, layout, features, best, trt, trt_batches, precision, tr
     """Export a trained run to an ONNX bundle (parity-gated); optionally TensorRT engines and Triton."""
     from .export.command import export_command
     from .logs import setup_logging
+    from .seeds import check_not_seeds_dir
 
+    check_not_seeds_dir(run_dir)
     setup_logging()
     for line in export_command(run_dir, out, layout, features, best, trt, trt_batches, precision, triton_dir,
                                triton_tensorrt, force):
@@ -211,7 +216,9 @@ def bench(bundle, batches, backends, providers, allow_fallback, layout, warmup, 
 def report(run_dir, out, features, bins):
     """PNG plots and a markdown summary of a trained run (accuracy vs frequency, routing, thresholds)."""
     from .report import write_report
+    from .seeds import check_not_seeds_dir
 
+    check_not_seeds_dir(run_dir)
     path = write_report(run_dir, out, features, bins)
     click.echo(f"report: {path / 'report.md'}")
 

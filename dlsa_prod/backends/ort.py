@@ -16,11 +16,11 @@ unless ``allow_fallback=True`` (then a warning is logged and ``describe()`` name
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from ..bundle_spec import BundleError, BundleSpec, GraphSpec
 from ..errors import DLSAError
+from ..user_cache import user_cache_dir
 from .layouts import NUMPY, run_layout
 
 log = logging.getLogger("dlsa_prod")
@@ -29,12 +29,6 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "te
 
 class ProviderError(DLSAError):
     """The requested execution provider is unavailable or did not start."""
-
-
-def user_cache_dir() -> Path:
-    base = os.environ.get("DLSA_PROD_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "dlsa_prod")
-    return Path(base)
 
 
 def provider_name(name: str) -> str:

@@ -120,7 +120,8 @@ def train_backbone(model: ImageClassifier, train: ImageSet, prep: Preprocess, cf
     bar = progress(total=cfg.epochs * steps_per_epoch, desc=f"backbone ({cfg.loss})", unit="batch")
     mean_loss = float("nan")
     for epoch in range(cfg.epochs):
-        bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{mean_loss:.3f}")
+        last = {} if epoch == 0 else {"last epoch loss": f"{mean_loss:.3f}"}
+        bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", **last)
         total = torch.zeros((), device=device)
         for idx in torch.randperm(len(train), generator=generator).split(cfg.batchsize):
             draws = crop_flip_draws(len(idx), cfg.augment.crop_padding, cfg.augment.hflip, generator)
