@@ -40,8 +40,8 @@ def format_seconds(s: float) -> str:
 class LineProgress:
     """tqdm's interface, printing a log line when INTERVAL seconds have passed since the last one."""
 
-    def __init__(self, iterable=None, total=None, desc: str = "", unit: str = "it"):
-        self.iterable = iterable
+    def __init__(self, iterable=None, total=None, desc: str = "", unit: str = "it", every_update: bool = False):
+        self.iterable, self.every_update = iterable, every_update
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
         self.desc, self.unit, self.n = desc, unit, 0
         self.t0 = time.monotonic()
@@ -74,7 +74,7 @@ class LineProgress:
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.monotonic()
-        if now - _last_line[0] >= INTERVAL:
+        if self.every_update or now - _last_line[0] >= INTERVAL:
             _last_line[0] = now
             log.info("%s", self.line())
 
@@ -83,9 +83,10 @@ class LineProgress:
 
 
 def progress(iterable=None, total=None, desc: str = "", unit: str = "it", leave: bool = False):
-    """A tqdm bar in a terminal, else a LineProgress."""
+    """A tqdm bar in a terminal, else a LineProgress; an outer loop (``leave``: tune's candidates)
+    prints a line at every update, the inner loops between them every INTERVAL seconds."""
     if interactive():
         from tqdm.auto import tqdm
 
         return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, dynamic_ncols=True)
-    return LineProgress(iterable, total, desc, unit)
+    return LineProgress(iterable, total, desc, unit, every_update=leave)

@@ -59,9 +59,15 @@ def test_line_progress_prints_position_elapsed_and_eta_every_interval(lines):
     assert len(records) == 5
     # the clock is shared: a new short loop prints as soon as INTERVAL has passed since the last line
     clock.t += progress.INTERVAL
-    with progress.progress(total=3, desc="tune", unit="candidate run") as t:
+    with progress.progress(total=3, desc="depth 2 flow", unit="epoch") as t:
         t.update(1)
-    assert records[-1].startswith("tune: 1/3 candidate run (33%), elapsed 0:00, ETA 0:00")
+        t.update(1)
+    assert records[-1] == "depth 2 flow: 1/3 epoch (33%), elapsed 0:00, ETA 0:00" and len(records) == 6
+    # an outer loop (tune's candidates, leave=True) prints at every update
+    with progress.progress(total=2, desc="tune", unit="candidate run", leave=True) as t:
+        clock.t += 1
+        t.update(1)
+    assert records[-1] == "tune: 1/2 candidate run (50%), elapsed 0:01, ETA 0:01" and len(records) == 7
     assert progress.format_seconds(3725) == "1:02:05"
 
 
