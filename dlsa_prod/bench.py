@@ -113,9 +113,11 @@ def _eager(spec, run_dir, threads: int):
 
 def run_bench(bundle: Path | BundleSpec, batches: list[int], layouts: list[str] | None = None, providers=("cpu",),
               warmup: float = 1.0, duration: float = 3.0, run_dir: Path | None = None, threads: int = 0,
-              backends=("onnxruntime",), allow_fallback: bool = False,
-              accept_precision_loss: bool = False) -> tuple[list[dict], dict]:
-    """(rows, info); info names the thread count and what ran.  BUNDLE: a path, or a spec already read."""
+              backends=("onnxruntime",), allow_fallback: bool = False, on_start=None,
+              on_row=None, accept_precision_loss: bool = False) -> tuple[list[dict], dict]:
+    """(rows, info); info names the thread count, what ran and the input guard's warning on the samples
+    (or None).  BUNDLE: a path, or a spec already read.  ``on_start(info)`` is called once the runtimes
+    are loaded and ``on_row(row)`` as each row finishes (the CLI prints them as they come)."""
     spec = bundle if isinstance(bundle, BundleSpec) else read_spec(bundle)
     layouts = list(layouts or spec.layouts)
     for lay in layouts:
@@ -130,11 +132,26 @@ def run_bench(bundle: Path | BundleSpec, batches: list[int], layouts: list[str] 
                 if backend == "onnxruntime" else {}
             runtimes[(backend, lay)] = Runtime(spec, layout=lay, backend=backend, threads=threads, **opts)
     eager = _eager(spec, run_dir, threads)
+    first = next(iter(runtimes.values()))
+    info = {"threads": threads, "ran": sorted({rt.describe() for rt in runtimes.values()}),
+            "eager": eager is not None, "guard_status": first.guard_status(),
+            "input_guard": first.guard_warning(first.predict(samples), f"{spec.path} samples.npy")}
+    if on_start is not None:
+        on_start(info)
     rows = []
+
+    def add(row: dict) -> None:
+        base = next((r for r in rows if r["batch"] == row["batch"] and r["method"] == "pytorch eager"), None)
+        if base is not None and base["p50_ms"] > 0:
+            row["p50_vs_eager"] = row["p50_ms"] / base["p50_ms"]
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+
     for b in batches:
         data = _batches(samples, b)
         if eager is not None:
-            rows.append(_row("pytorch eager", b, _measure(eager, data, warmup, duration), backend="torch eager"))
+            add(_row("pytorch eager", b, _measure(eager, data, warmup, duration), backend="torch eager"))
         for (backend, lay), rt in runtimes.items():
             rt.stage_times.clear()
             lat = _measure(lambda x, _rt=rt, _p=lay == "staged": _rt.predict(x, profile=_p), data, warmup, duration)
@@ -142,7 +159,6 @@ def run_bench(bundle: Path | BundleSpec, batches: list[int], layouts: list[str] 
             if lay == "staged":
                 total = sum(rt.stage_times.seconds.values()) or 1.0
                 row["stage_share"] = {k: v / total for k, v in sorted(rt.stage_times.seconds.items())}
-            rows.append(row)
             calls = getattr(rt.executor, "calls", {})
             if lay == "staged" and BACKBONE in calls and backend == "onnxruntime":
                 name = rt.executor.specs[BACKBONE].inputs[0].name
@@ -151,13 +167,10 @@ def run_bench(bundle: Path | BundleSpec, batches: list[int], layouts: list[str] 
                     lambda x, _bb=bb, _p=prep: _bb({name: _p.to_nchw(x)}), data, warmup, duration),
                     backend=backend, layout="backbone")
                 row["heads_added_vs_backbone"] = row["p50_ms"] / row_bb["p50_ms"] - 1.0
-                rows.append(row_bb)
-    base = {r["batch"]: r for r in rows if r["method"] == "pytorch eager"}
-    for r in rows:
-        if r["batch"] in base and base[r["batch"]]["p50_ms"] > 0:
-            r["p50_vs_eager"] = r["p50_ms"] / base[r["batch"]]["p50_ms"]
-    info = {"threads": threads, "ran": sorted({rt.describe() for rt in runtimes.values()}),
-            "eager": eager is not None}
+                add(row)
+                add(row_bb)
+            else:
+                add(row)
     return rows, info
 
 
@@ -166,40 +179,74 @@ def format_ratio(v: float) -> str:
     return f"{v:.3g}x"
 
 
-def format_rows(rows: list[dict], info: dict | None = None) -> str:
+def format_header(info: dict | None) -> list[str]:
     lines = []
     if info:
         lines.append(f"threads: {info['threads']} (ONNX Runtime intra-op and PyTorch, measured one after the "
                      f"other, ONNX Runtime spinning off)")
         lines.append("ran: " + "; ".join(info["ran"]))
+        if info.get("guard_status"):
+            lines.append(info["guard_status"])
         if not info["eager"]:
             lines.append("no PyTorch eager baseline (image bundle without --run)")
         lines.append("")
-    lines += ["| batch | method | p50 ms | p90 ms | p99 ms | samples/s | p50 vs eager | stage share |",
-              "|---:|---|---:|---:|---:|---:|---:|---|"]
-    extra = []
-    for r in rows:
-        share = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r.get("stage_share", {}).items())
-        vs = format_ratio(r["p50_vs_eager"]) if "p50_vs_eager" in r else ""
-        lines.append(f"| {r['batch']} | {r['method']} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} | "
-                     f"{r['throughput']:.0f} | {vs} | {share} |")
-        if "heads_added_vs_backbone" in r:
-            extra.append(f"batch {r['batch']}: the DLSA heads add {100 * r['heads_added_vs_backbone']:.0f}% to the "
-                         f"backbone's p50 latency (staged)")
-    return "\n".join(lines + ([""] + extra if extra else []))
+    return lines + ["| batch | method | p50 ms | p90 ms | p99 ms | samples/s | p50 vs eager | stage share |",
+                    "|---:|---|---:|---:|---:|---:|---:|---|"]
+
+
+def format_row(r: dict) -> str:
+    share = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r.get("stage_share", {}).items())
+    vs = format_ratio(r["p50_vs_eager"]) if "p50_vs_eager" in r else ""
+    return (f"| {r['batch']} | {r['method']} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} | "
+            f"{r['throughput']:.0f} | {vs} | {share} |")
+
+
+def format_footer(rows: list[dict]) -> list[str]:
+    extra = [f"batch {r['batch']}: the DLSA heads add {100 * r['heads_added_vs_backbone']:.0f}% to the "
+             f"backbone's p50 latency (staged)" for r in rows if "heads_added_vs_backbone" in r]
+    return [""] + extra if extra else []
+
+
+def format_rows(rows: list[dict], info: dict | None = None) -> str:
+    return "\n".join(format_header(info) + [format_row(r) for r in rows] + format_footer(rows))
+
+
+def check_bundle_path(bundle) -> None:
+    """A run directory given where a bundle is expected: name the bundle inside it (or how to make one)."""
+    bundle = Path(bundle)
+    if (bundle / "meta.json").is_file() and not (bundle / "manifest.json").is_file():
+        if (bundle / "bundle" / "manifest.json").is_file():
+            raise DLSAError(f"{bundle}: is a run directory, not a bundle; did you mean {bundle / 'bundle'}?")
+        raise DLSAError(f"{bundle}: is a run directory, not a bundle; export it first: dlsa-prod export {bundle}")
 
 
 def bench_command(bundle, batches: str, providers, layout: str | None, warmup, duration, run_dir, threads,
-                  backends, allow_fallback: bool, accept_precision_loss: bool = False) -> tuple[list[dict], str]:
-    """The CLI's ``bench``: validate every option first (one line, exit 2), then measure."""
+                  backends, allow_fallback: bool, echo=None,
+                  accept_precision_loss: bool = False) -> tuple[list[dict], str]:
+    """The CLI's ``bench``: validate every option first (one line, exit 2), then measure.  With ECHO
+    (a print function), the header, each row as it finishes and the input guard's warning are printed
+    as they come; the returned text is the whole table either way."""
     sizes = parse_batches(batches)
     warm = parse_seconds(warmup, "--warmup", allow_zero=True)
     dur = parse_seconds(duration, "--duration")
     threads = resolve_threads(threads)
+    check_bundle_path(bundle)
     spec = read_spec(bundle)
     layouts = None if layout in (None, "all") else (["fused", "staged"] if layout == "both" else [layout])
     if run_dir is None and (Path(bundle).parent / "meta.json").is_file():
         run_dir = Path(bundle).parent
+    def start(info):
+        if echo is not None:
+            if info["input_guard"]:
+                echo(info["input_guard"], err=True)
+            for line in format_header(info):
+                echo(line)
+
     rows, info = run_bench(spec, sizes, layouts, list(providers), warm, dur, run_dir, threads,
-                           list(backends), allow_fallback, accept_precision_loss)
+                           list(backends), allow_fallback, on_start=start,
+                           on_row=None if echo is None else (lambda r: echo(format_row(r))),
+                           accept_precision_loss=accept_precision_loss)
+    if echo is not None:
+        for line in format_footer(rows):
+            echo(line)
     return rows, format_rows(rows, info)

@@ -6,7 +6,8 @@ writer read them through it.  It sits below both ``dlsa_prod.export`` and ``dlsa
 A bundle::
 
     manifest.json            BundleSpec: format, input, classes, thresholds, layouts (graphs with
-                             typed IO), file hashes, parity reports, engines, serving profile
+                             typed IO), file hashes, parity reports, engines, serving profile,
+                             input_guard (optional: training log-likelihood quantiles)
     fused.onnx               layout "fused":  every depth, exit selected with masks
     staged/*.onnx            layout "staged": backbone (image bundles), filter_<d>, classifier_<d>, regular
     single.onnx              layout "single": one plain classifier (``export --best`` naming a baseline)
@@ -187,6 +188,13 @@ class BundleSpec:
         return [g for lay in self.layouts for g in self.graphs(lay).values()]
 
     @property
+    def input_guard(self):
+        """``InputGuard`` with the training log-likelihood quantiles, or None (older bundle, baseline)."""
+        from .input_guard import InputGuard
+
+        return InputGuard.from_dict(self.manifest.get("input_guard"))
+
+    @property
     def engines(self) -> EnginesSpec | None:
         e = self.manifest.get("engines")
         return EnginesSpec.from_dict(e) if e else None
@@ -231,7 +239,10 @@ def graph_metadata(manifest: dict, layout: str, name: str) -> dict[str, str]:
             f"{METADATA_PREFIX}thresholds": json.dumps([float(t) for t in manifest["thresholds"]]),
             f"{METADATA_PREFIX}num_classes": str(manifest["classes"]["num_classes"]),
             f"{METADATA_PREFIX}dim": str(manifest["input"]["dim"]),
-            f"{METADATA_PREFIX}source": manifest["source"]["model"]}
+            f"{METADATA_PREFIX}source": manifest["source"]["model"],
+            # optional (bundles before the input guard have none): the guard's quantiles, so an edit is refused
+            **({f"{METADATA_PREFIX}input_guard": json.dumps(manifest["input_guard"], sort_keys=True)}
+               if manifest.get("input_guard") else {})}
 
 
 _ONNX_DTYPES = {1: "float32", 7: "int64", 6: "int32", 10: "float16", 9: "bool", 2: "uint8"}
@@ -263,6 +274,10 @@ def check_graphs(spec: BundleSpec) -> None:
             except Exception as exc:  # onnx raises DecodeError and others on a damaged file
                 raise BundleError(f"{f}: not a readable ONNX graph ({type(exc).__name__})") from None
             expected = graph_metadata(spec.manifest, layout, g.name)
+            guard_key = f"{METADATA_PREFIX}input_guard"
+            if guard_key in meta and guard_key not in expected:
+                raise BundleError(f"{spec.path / MANIFEST}: input_guard is missing from the manifest but recorded in "
+                                  f"{g.file} (manifest edited; re-export)")
             for key, value in expected.items():
                 if meta.get(key) != value:
                     field_name = key[len(METADATA_PREFIX):]

@@ -53,7 +53,8 @@ def main():
               help="run the whole comparison once per seed (OUT/seed_<s>/) and report mean +- std")
 @click.option("--force", is_flag=True, help="replace an existing output directory")
 @click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16"]), help="overrides the config's training precision")
-def train(config, out, device, seed, overrides, seeds_text, force, precision):
+@click.option("--tensorboard", is_flag=True, help="also write a TensorBoard log to RUN/tensorboard (output.tensorboard)")
+def train(config, out, device, seed, overrides, seeds_text, force, precision, tensorboard):
     """Train DLSA (and the plain baseline classifiers) from CONFIG.yaml; print the metrics table."""
     from .config import load_config
     from .pipeline import run_training
@@ -67,6 +68,8 @@ def train(config, out, device, seed, overrides, seeds_text, force, precision):
         extra.append(f"seed={seed}")
     if precision:
         extra.append(f"precision={precision}")
+    if tensorboard:
+        extra.append("output.tensorboard=true")
     cfg = load_config(config, extra)
     out = Path(out or cfg.output.dir)
     seeds = parse_seeds(seeds_text) if seeds_text else cfg.seeds
@@ -115,12 +118,15 @@ def eval_cmd(run_dir, feature_file, device, json_out):
 
     from .data import read_features
     from .device import resolve_device
-    from .evaluation import evaluate
+    from .evaluation import evaluate, input_guard_warning
     from .metrics import display_rows, format_table, run_shot_thresholds
     from .run_data import load_run_splits
     from .run_dir import load_run, write_json
 
+    from .seeds import check_not_seeds_dir
+
     _check_json_target(json_out, [run_dir, feature_file])
+    check_not_seeds_dir(run_dir)
     dev = resolve_device(device)
     run = load_run(run_dir, dev)
     if feature_file is not None:
@@ -131,6 +137,9 @@ def eval_cmd(run_dir, feature_file, device, json_out):
         except DLSAError as exc:
             raise DLSAError(f"cannot read the run's test split ({exc}); pass --features FILE") from None
     counts = np.asarray(run.meta["train_class_counts"])
+    warning = input_guard_warning(run.model, run.meta, fs.features, dev, name)
+    if warning:
+        click.echo(warning, err=True)
     metrics = evaluate(run.model, run.baselines, fs, counts, dev, *run_shot_thresholds(run.meta))
     click.echo(format_table(display_rows(metrics), f"{name} ({len(fs)} samples, accuracy %)"))
     share = metrics["dlsa"]["routing_share"]
@@ -163,7 +172,9 @@ def export(run_dir, out, layout, features, best, trt, trt_batches, precision, tr
     """Export a trained run to an ONNX bundle (parity-gated); optionally TensorRT engines and Triton."""
     from .export.command import export_command
     from .logs import setup_logging
+    from .seeds import check_not_seeds_dir
 
+    check_not_seeds_dir(run_dir)
     setup_logging()
     for line in export_command(run_dir, out, layout, features, best, trt, trt_batches, precision, triton_dir,
                                triton_tensorrt, force, accept_precision_loss):
@@ -196,9 +207,9 @@ def bench(bundle, batches, backends, providers, allow_fallback, accept_precision
     from .bench import bench_command
 
     _check_json_target(json_out, [bundle, run_dir])
-    rows, text = bench_command(bundle, batches, providers, layout, warmup, duration, run_dir, threads, backends,
-                               allow_fallback, accept_precision_loss)
-    click.echo(text)
+    rows, _text = bench_command(bundle, batches, providers, layout, warmup, duration, run_dir, threads, backends,
+                                allow_fallback, echo=click.echo,  # each row printed as it finishes
+                                accept_precision_loss=accept_precision_loss)
     if json_out:
         from .run_dir import write_json
 
@@ -214,7 +225,9 @@ def bench(bundle, batches, backends, providers, allow_fallback, accept_precision
 def report(run_dir, out, features, bins):
     """PNG plots and a markdown summary of a trained run (accuracy vs frequency, routing, thresholds)."""
     from .report import write_report
+    from .seeds import check_not_seeds_dir
 
+    check_not_seeds_dir(run_dir)
     path = write_report(run_dir, out, features, bins)
     click.echo(f"report: {path / 'report.md'}")
 

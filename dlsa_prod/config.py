@@ -328,7 +328,8 @@ class BackboneConfig(_Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
-    cache_dir: Path = Path("runs/.feature_cache")
+    cache_dir: Optional[Path] = Field(None, description="feature cache; default: the user cache directory "
+                                                         "(dlsa_prod.user_cache: ~/.cache/dlsa_prod/features)")
     sync_bn: bool = Field(False, description="torchrun on CUDA: batch-norm statistics over all ranks (SyncBatchNorm)")
 
 
@@ -360,6 +361,7 @@ class DataConfig(_Section):
 
 class OutputConfig(_Section):
     dir: Path = Path("runs/dlsa")
+    tensorboard: bool = False  # RUN/tensorboard/: per-epoch losses, selection scores, routing shares
 
 
 class RunConfig(_Section):
@@ -451,12 +453,47 @@ def _expected(err: dict) -> str:
     return ""
 
 
+def _model_in(annotation) -> type[BaseModel] | None:
+    """The config section class inside an annotation (``Optional[X]``, ``list[X]``, ``X``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def known_keys(loc: tuple) -> list[str]:
+    """The keys the section holding LOC's last key accepts (names and research aliases)."""
+    model: type[BaseModel] | None = RunConfig
+    for part in loc[:-1]:
+        if isinstance(part, int) or str(part).startswith("function-"):
+            continue
+        field = model.model_fields.get(str(part)) or next(
+            (f for f in model.model_fields.values() if f.alias == part), None)
+        model = _model_in(field.annotation) if field is not None else None
+        if model is None:
+            return []
+    return [k for name, f in model.model_fields.items() for k in (name, f.alias) if k]
+
+
+def did_you_mean(loc: tuple) -> str:
+    """ "; did you mean X?" for an unknown key close to a known one (difflib), else ""."""
+    import difflib
+
+    close = difflib.get_close_matches(str(loc[-1]), known_keys(loc), n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return f"; did you mean {'.'.join([*(str(p) for p in loc[:-1]), close[0]])}?"
+
+
 def _describe(err: dict, source: str) -> str:
     loc = _format_loc(err["loc"])
     etype = err["type"]
     got = err.get("input")
     if etype == "extra_forbidden":
-        return f"{source}: {loc}: unknown key"
+        return f"{source}: {loc}: unknown key{did_you_mean(err['loc'])}"
     if etype == "missing":
         return f"{source}: {loc}: required key is missing"
     if etype == "literal_error":
@@ -561,13 +598,17 @@ def config_from_dict(tree: dict, source: str = "<config>", overrides=()) -> RunC
     if not isinstance(tree, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
     tree = _drop_nulls(tree)
-    for key, value in parse_overrides(list(overrides)):
+    parsed = parse_overrides(list(overrides))
+    for key, value in parsed:
         _set_dotted(tree, key, value, "--set")
     try:
         return _absolute_paths(RunConfig.model_validate(tree))
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ConfigError(_describe(first, source)) from None
+        loc = _format_loc(first["loc"])
+        # a key (or a value under it) that --set wrote is blamed on --set, not on the config file
+        from_set = any(loc == key or loc.startswith(key + ".") for key, _ in parsed)
+        raise ConfigError(_describe(first, "--set" if from_set else source)) from None
 
 
 def read_config_tree(path: str | Path) -> dict:

@@ -31,6 +31,18 @@ def classifier_predictions(model: FeatureClassifier, x: np.ndarray, device, batc
                       for i in range(0, len(x), batch_size)]).numpy()
 
 
+def input_guard_warning(model: DLSAModel, meta: dict, x: np.ndarray, device, where: str) -> str | None:
+    """The input guard's one-line warning for features X scored by a run's cascade (None: in
+    distribution, or a run trained before the guard existed)."""
+    from .input_guard import InputGuard
+
+    guard = InputGuard.from_dict(meta.get("input_guard"))
+    if guard is None or model.depth == 0:
+        return None
+    _pred, _exits, loglik = cascade_predictions(model, x, device, with_loglik=True)
+    return guard.warning(loglik[:, 0], where)
+
+
 def evaluate(model: DLSAModel, baselines: dict[str, FeatureClassifier], fs: FeatureSet, train_counts: np.ndarray,
              device, many: int = MANY_SHOT, few: int = FEW_SHOT) -> dict:
     """{"dlsa": metrics + routing, "plain_<name>": metrics per baseline}."""

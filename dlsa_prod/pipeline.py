@@ -18,8 +18,10 @@ from . import __version__, distributed
 from .config import RunConfig
 from .data import FeatureSet, Splits, load_splits
 from .device import resolve_device
-from .evaluation import evaluate
+from .evaluation import cascade_predictions, evaluate
+from .input_guard import InputGuard
 from .logs import close_handler, setup_logging
+from .progress import reset_clock
 from .metrics import (best_baseline, best_method, display_name, display_rows, format_routing_by_class, format_table,
                       gap_line, routing_by_class)
 from .models import FeatureClassifier
@@ -41,6 +43,7 @@ def run_training(cfg: RunConfig, out: Path, force: bool = False) -> dict:
     distributed.join_for_run(cfg.device)  # torchrun: join the process group; only rank 0 writes `out`
     staging = distributed.RankStaging(lambda: StagingDir(out, force, kind="run", protected_paths=cfg.input_paths()))
     handler = setup_logging(staging.path / "train.log")
+    reset_clock()  # progress lines (outside a terminal) every progress.INTERVAL seconds from now
     try:
         with logging_redirect_tqdm(loggers=[log]), distributed.rank_context(cfg):
             metrics = _train(cfg, staging.path)
@@ -151,7 +154,17 @@ def run_meta(cfg: RunConfig, splits: Splits, models: TrainedModels, backbone: di
             "num_classes": splits.num_classes, "depth": models.dlsa.model.depth,
             "train_class_counts": splits.train_counts().tolist(), "baselines": list(models.baselines),
             "seed": cfg.seed, "many_shot": cfg.data.many_shot, "few_shot": cfg.data.few_shot,
-            "backbone": backbone, "best_on_val": metrics["best_on_val"]}
+            "backbone": backbone, "best_on_val": metrics["best_on_val"],
+            "input_guard": input_guard(models.dlsa.model, splits.train)}
+
+
+def input_guard(model, train: FeatureSet) -> dict | None:
+    """The training set's 0.1% / 1% quantiles of depth-1 log p(x) (``dlsa_prod.input_guard``)."""
+    if model.depth == 0:
+        return None
+    device = next(model.parameters()).device
+    _pred, _exits, loglik = cascade_predictions(model, train.features, device, with_loglik=True)
+    return InputGuard.from_loglik(loglik[:, 0]).to_dict()
 
 
 def save_models(workdir: Path, cfg: RunConfig, splits: Splits, models: TrainedModels, backbone: dict | None,
@@ -160,6 +173,10 @@ def save_models(workdir: Path, cfg: RunConfig, splits: Splits, models: TrainedMo
     save_run(workdir, cfg, run_meta(cfg, splits, models, backbone, metrics), models.dlsa.model.cpu(),
              {k: v.cpu() for k, v in models.baseline_models.items()}, metrics)
     (workdir / "history.json").write_text(json.dumps(models.dlsa.histories))
+    if cfg.output.tensorboard:
+        from .tensorboard_log import DIRNAME, write_tensorboard
+
+        write_tensorboard(workdir / DIRNAME, models.dlsa.histories, metrics)
 
 
 def _train(cfg: RunConfig, workdir: Path) -> dict:

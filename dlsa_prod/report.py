@@ -24,6 +24,7 @@ import torch
 from .data import FeatureSet, read_features
 from .errors import DLSAError
 from .evaluation import cascade_predictions, classifier_predictions
+from .input_guard import InputGuard
 from .metrics import classification_metrics, format_table, routing_by_class, run_shot_thresholds, shot_groups
 from .run_dir import LoadedRun, StagingDir, check_replaceable, load_run
 from .training.cluster_stats import cluster_class_histogram
@@ -64,6 +65,25 @@ def _save(fig, path: Path) -> None:
     _plt().close(fig)
 
 
+def class_names(run: LoadedRun) -> list[str] | None:
+    """Class names recorded by an image run (ImageFolder), else None (ticks show class ids)."""
+    names = (run.meta.get("backbone") or {}).get("class_names")
+    return list(names) if names and len(names) == int(run.meta["num_classes"]) else None
+
+
+def _class_ticks(ax, counts: np.ndarray, names: list[str] | None) -> None:
+    """X ticks: class ids (or names) in order of training frequency, every k-th one when there are many."""
+    order = np.argsort(-counts, kind="stable")
+    step = max(1, int(np.ceil(len(order) / 40)))
+    pos = np.arange(0, len(order), step)
+    ax.set_xticks(pos)
+    ax.set_xticklabels([names[order[i]] if names else str(order[i]) for i in pos],
+                       rotation=90 if names or len(pos) > 20 else 0, fontsize=7 if len(pos) > 20 else 8)
+    what = "class" if names else "class id"
+    ax.set_xlabel(f"{what}, sorted by training frequency (head -> tail)" + (f"; every {step}th shown" if step > 1 else ""))
+    ax.set_xlim(-0.6, len(order) - 0.4)
+
+
 def _freq_bins(counts: np.ndarray, n_bins: int) -> list[np.ndarray]:
     order = np.argsort(-counts, kind="stable")
     return [b for b in np.array_split(order, min(n_bins, len(counts))) if b.size]
@@ -97,7 +117,7 @@ def score(run: LoadedRun, test: FeatureSet) -> Scored:
     return Scored(test.labels, pred, exits, loglik, rows)
 
 
-def plot_per_class_accuracy(s: Scored, counts: np.ndarray, path: Path) -> None:
+def plot_per_class_accuracy(s: Scored, counts: np.ndarray, path: Path, names: list[str] | None = None) -> None:
     plt, c = _plt(), len(counts)
     order = np.argsort(-counts, kind="stable")
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -110,14 +130,16 @@ def plot_per_class_accuracy(s: Scored, counts: np.ndarray, path: Path) -> None:
     ax2.set_ylabel("training images (log)")
     ax.set_zorder(ax2.get_zorder() + 1)
     ax.patch.set_visible(False)
-    ax.set_xlabel("class, by training frequency (head -> tail)")
-    ax.set_ylabel("test accuracy")
-    ax.legend(loc="lower left")
+    _class_ticks(ax, counts, names)
+    ax.set_ylabel("test accuracy of the class")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(loc="lower left", fontsize=8)
     ax.set_title("Per-class accuracy vs training frequency")
     _save(fig, path)
 
 
-def plot_routing_by_class(s: Scored, counts: np.ndarray, depth: int, path: Path) -> None:
+def plot_routing_by_class(s: Scored, counts: np.ndarray, depth: int, path: Path,
+                          names: list[str] | None = None) -> None:
     plt, c = _plt(), len(counts)
     order = np.argsort(-counts, kind="stable")
     # [class, exit]; a class without samples shows no bar
@@ -128,25 +150,51 @@ def plot_routing_by_class(s: Scored, counts: np.ndarray, depth: int, path: Path)
         label = f"exit at depth {d + 1}" if d < depth else "regular classifier"
         ax.bar(np.arange(c), share[order, d], bottom=bottom, label=label)
         bottom += share[order, d]
-    ax.set_xlabel("class, by training frequency (head -> tail)")
-    ax.set_ylabel("share of test samples")
+    _class_ticks(ax, counts, names)
+    ax.set_ylabel("share of the class's test samples")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title("Where each class exits")
     _save(fig, path)
 
 
-def plot_loglik_hist(s: Scored, thresholds: list[float], path: Path) -> None:
+def robust_range(ll: np.ndarray, *marks: float) -> tuple[float, float]:
+    """The x range of a log-likelihood histogram: from the 1st percentile (at most 3 interquartile ranges
+    below the lower quartile) to the maximum, widened to show the
+    MARKS (threshold, guard quantile); the few far-out low values (flows give -3000 to outliers)
+    would squash the rest."""
+    if ll.size:
+        q1, q25, q75 = np.percentile(ll, [1, 25, 75], method="higher")
+        lo, hi = float(max(q1, q25 - 3 * (q75 - q25))), float(ll.max())
+    else:
+        lo, hi = marks[0] - 1, marks[0] + 1
+    lo, hi = min(lo, *marks), max(hi, *marks)
+    pad = 0.05 * (hi - lo or 1.0)
+    return lo - pad, hi + pad
+
+
+def plot_loglik_hist(s: Scored, thresholds: list[float], path: Path, guard_q001: float | None = None) -> None:
     plt, depth = _plt(), len(thresholds)
-    fig, axes = plt.subplots(1, depth, figsize=(4 * depth, 3), squeeze=False)
+    fig, axes = plt.subplots(1, depth, figsize=(4.5 * depth, 3.3), squeeze=False)
     for d in range(depth):
         ll = s.loglik[:, d]
         ll = ll[np.isfinite(ll)]
         ax = axes[0, d]
-        ax.hist(ll, bins=40, color="tab:blue", alpha=0.8)
-        ax.axvline(thresholds[d], color="tab:red", ls="--", label="threshold")
-        ax.set_title(f"depth {d + 1}: {ll.size} samples reach it")
-        ax.set_xlabel("log-likelihood")
-        ax.legend(fontsize=8)
+        guard = guard_q001 if d == 0 and guard_q001 is not None else None
+        lo, hi = robust_range(ll, thresholds[d], *([] if guard is None else [guard]))
+        below = int((ll < lo).sum())
+        ax.hist(np.clip(ll, lo, hi), bins=40, range=(lo, hi), color="tab:blue", alpha=0.8)
+        ax.axvspan(thresholds[d], hi, color="tab:green", alpha=0.12, label="exits here (>= threshold)")
+        ax.axvline(thresholds[d], color="tab:red", ls="--", label=f"threshold {thresholds[d]:.3g}")
+        if guard is not None:
+            ax.axvline(guard, color="0.3", ls=":", label=f"input guard {guard:.3g} (train 0.1%)")
+        ax.set_xlim(lo, hi)
+        nxt = f"depth {d + 2}" if d + 1 < depth else "regular classifier"
+        ax.set_title(f"depth {d + 1}: {ll.size} test samples reach it", fontsize=10)
+        ax.set_xlabel(f"log-likelihood (<- on to {nxt} | exit ->)" + (f"\n{below} below the range, in the "
+                                                                     f"first bin" if below else ""), fontsize=9)
+        ax.set_ylabel("test samples")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
     _save(fig, path)
 
 
@@ -159,12 +207,23 @@ def plot_confusion_by_frequency(s: Scored, counts: np.ndarray, bins: int, path: 
     conf = np.zeros((len(groups), len(groups)))
     np.add.at(conf, (gid[s.labels], gid[s.pred]), 1)
     conf = conf / np.maximum(conf.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(5, 4.3))
+    n = len(groups)
+    fig, ax = plt.subplots(figsize=(5.2, 4.5))
     im = ax.imshow(conf, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xlabel("predicted class bin (head -> tail)")
-    ax.set_ylabel("true class bin (head -> tail)")
-    ax.set_title("DLSA confusion, classes binned by frequency")
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    one = all(g.size == 1 for g in groups)  # one class per bin: the ticks are class ids
+    labels = [str(int(g[0])) if one else str(i) for i, g in enumerate(groups)]
+    ax.set_xticks(np.arange(n))
+    ax.set_yticks(np.arange(n))
+    ax.set_xticklabels(labels, fontsize=8, rotation=90 if n > 15 else 0)
+    ax.set_yticklabels(labels, fontsize=8)
+    sizes = sorted({int(g.size) for g in groups})
+    what = "class id (sorted by training frequency)" if one else \
+        f"frequency bin (0 = head; {'-'.join(map(str, sorted({sizes[0], sizes[-1]})))} classes each)"
+    ax.set_xlabel(f"predicted {what}", fontsize=9)
+    ax.set_ylabel(f"true {what}", fontsize=9)
+    ax.set_title("DLSA confusion, classes binned by frequency", fontsize=10)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046)
+    bar.set_label(f"share of the true {'class' if one else 'bin'}'s test samples")
     _save(fig, path)
 
 
@@ -183,11 +242,15 @@ def plot_cluster_purity(run: LoadedRun, train: FeatureSet | None, path: Path) ->
             used = size > 0
             ax.scatter(size[used], hist.max(1)[used] / size[used], s=10, alpha=0.6, label=f"depth {d + 1}")
         ax.set_xscale("log")
-        ax.legend(fontsize=8)
+        f = run.cfg.filter
+        ax.axhline(f.min_purity, color="tab:red", ls="--", lw=1, label=f"min_purity {f.min_purity:g}")
+        ax.axvline(f.min_size, color="0.4", ls=":", lw=1, label=f"min_size {f.min_size}")
+        ax.set_ylim(0, 1.05)
+        ax.legend(fontsize=7, loc="lower right")
     else:
         ax.text(0.5, 0.5, "training data not available", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("cluster size (training samples)")
-    ax.set_ylabel("cluster purity")
+    ax.set_xlabel("cluster size (training samples, log)")
+    ax.set_ylabel("cluster purity (largest class share)")
     ax.set_title("Flow-filter clusters")
     _save(fig, path)
 
@@ -224,9 +287,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, features: s
         scored = score(run, test)
         counts = np.asarray(run.meta["train_class_counts"])
         work = staging.path
-        plot_per_class_accuracy(scored, counts, work / "per_class_accuracy.png")
-        plot_routing_by_class(scored, counts, run.model.depth, work / "routing_by_class.png")
-        plot_loglik_hist(scored, run.model.thresholds, work / "loglik_hist.png")
+        names = class_names(run)
+        guard = InputGuard.from_dict(run.meta.get("input_guard"))
+        plot_per_class_accuracy(scored, counts, work / "per_class_accuracy.png", names)
+        plot_routing_by_class(scored, counts, run.model.depth, work / "routing_by_class.png", names)
+        plot_loglik_hist(scored, run.model.thresholds, work / "loglik_hist.png", guard.q001 if guard else None)
         plot_confusion_by_frequency(scored, counts, int(bins), work / "confusion_by_frequency.png")
         plot_cluster_purity(run, train, work / "cluster_purity.png")
         (work / "report.md").write_text(summary_markdown(run, scored))

@@ -11,6 +11,7 @@ import logging
 
 from .data import Splits, load_splits
 from .run_dir import LoadedRun
+from .user_cache import feature_cache_dir
 
 log = logging.getLogger("dlsa_prod")
 
@@ -26,6 +27,7 @@ def load_run_splits(run: LoadedRun) -> Splits:
     sets = read_image_sets(cfg)
     net, prep = load_trained_backbone(run.path, run.meta)
     key = cache_key(net, prep, sets, run.meta["backbone"]["arch"])
-    feats = cached_features(cfg.backbone.cache_dir, key, net, sets, prep, "cpu", cfg.data.images.skip_bad_images)
+    feats = cached_features(feature_cache_dir(cfg.backbone.cache_dir), key, net, sets, prep, "cpu",
+                            cfg.data.images.skip_bad_images)
     c = int(run.meta["num_classes"])
     return Splits(feats["train"].validate(c), feats["val"].validate(c), feats["test"].validate(c), c)

@@ -5,7 +5,8 @@
     rt = Runtime("bundle/", providers=["cuda"])      # ONNX Runtime CUDA provider (TF32 off)
     rt = Runtime("bundle/", backend="tensorrt")      # native TensorRT engines (export --trt)
     rt = Runtime("bundle/", backend="torch")         # the PyTorch cascade, CUDA graphs on GPU
-    out = rt.predict(features)                       # labels, probabilities, exit_depth, logits
+    out = rt.predict(features)                       # Prediction: labels, probabilities, exit_depth, logits,
+                                                     # loglik, in_distribution (input guard)
 
 ``staged`` runs the flow filter of each depth on the samples still remaining and only the
 classifier each sample exits at; ``fused`` runs one graph computing every depth for the whole
@@ -35,6 +36,9 @@ class Prediction:
     probabilities: np.ndarray  # (B, C) float32, softmax of the exit classifier's logits
     exit_depth: np.ndarray  # (B,) int64, 1..D, D + 1 = regular classifier
     logits: np.ndarray  # (B, C) float32
+    # input guard (dlsa_prod.input_guard); None when the bundle has no flow or no training quantiles
+    loglik: np.ndarray | None = None  # (B,) float32, depth 1's log p(x)
+    in_distribution: np.ndarray | None = None  # (B,) bool, loglik >= the training set's 0.1% quantile
 
 
 def softmax_into(z: np.ndarray, out: np.ndarray) -> None:
@@ -58,6 +62,7 @@ class Runtime:
         self.dim, self.depth = self.spec.dim, self.spec.depth
         self.num_classes = self.spec.num_classes
         self.thresholds = np.asarray(self.spec.thresholds, dtype=np.float32)
+        self.guard = self.spec.input_guard  # None: guard unavailable (older bundle, or a baseline)
         self.preprocess = None
         if self.spec.kind == "image":
             from .images.preprocess import Preprocess
@@ -81,6 +86,21 @@ class Runtime:
         warm = getattr(self.executor, "warmup", None)
         if warm is not None:
             warm()
+
+    def guard_status(self) -> str:
+        """One line: the input guard's reference quantiles, or why it is unavailable."""
+        from .input_guard import UNAVAILABLE
+
+        if self.guard is None:
+            return UNAVAILABLE
+        return (f"input guard: depth-1 log-likelihood below {self.guard.q001:.2f} (training 0.1% quantile; 1%: "
+                f"{self.guard.q01:.2f}) flags a row as out of distribution")
+
+    def guard_warning(self, pred: Prediction, where: str = "input") -> str | None:
+        """One line when more than input_guard.WARN_SHARE of PRED's rows fall below the training 0.1% quantile."""
+        if self.guard is None or pred.loglik is None:
+            return None
+        return self.guard.warning(pred.loglik, where)
 
     def validate(self, batch) -> np.ndarray:
         if not isinstance(batch, np.ndarray):
@@ -115,16 +135,23 @@ class Runtime:
         """Run ``prepare(rows, first_row)`` and the executor chunk by chunk into preallocated outputs."""
         c = self.num_classes
         out = Prediction(np.empty(n, np.int64), np.empty((n, c), np.float32), np.empty(n, np.int64),
-                         np.empty((n, c), np.float32))
+                         np.empty((n, c), np.float32), np.empty(n, np.float32) if self.depth else None)
         step = self.chunk_rows
         if self.executor.max_rows:
             step = min(step, self.executor.max_rows)
         for s in range(0, n, step):
             x = prepare(batch[s:s + step], s)
-            logits, exit_depth = self.executor.run(x, self.stage_times if profile else None)
+            logits, exit_depth, *loglik_1 = self.executor.run(x, self.stage_times if profile else None)
             e = s + x.shape[0]
+            if out.loglik is not None:
+                if loglik_1 and loglik_1[0] is not None:
+                    out.loglik[s:e] = loglik_1[0]
+                else:  # an executor that does not report depth 1's log-likelihood
+                    out.loglik = None
             out.logits[s:e] = logits
             out.exit_depth[s:e] = exit_depth
             out.labels[s:e] = logits.argmax(1)
             softmax_into(out.logits[s:e], out.probabilities[s:e])
+        if out.loglik is not None and self.guard is not None:
+            out.in_distribution = self.guard.in_distribution(out.loglik)
         return out

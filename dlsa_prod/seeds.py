@@ -29,6 +29,19 @@ SUMMARY_KEYS = (("accuracy", "overall"), ("many_shot", "many"), ("medium_shot", 
                 ("balanced_accuracy", "balanced"))
 
 
+def check_not_seeds_dir(path: str | Path) -> None:
+    """A ``--seeds`` output given where one run is expected: name a seed run to use instead."""
+    from .run_dir import RunDirError
+
+    path = Path(path)
+    if (path / "meta.json").is_file():
+        return
+    runs = sorted((p for p in path.glob("seed_*") if (p / "meta.json").is_file()),
+                  key=lambda p: (len(p.name), p.name))
+    if runs:
+        raise RunDirError(f"{path}: holds one run per seed (train --seeds); give one of them, e.g. {runs[0]}")
+
+
 def parse_seeds(text: str) -> list[int]:
     """'0,1,2' -> [0, 1, 2]; a one-line error naming --seeds otherwise."""
     from .errors import ConfigError

@@ -31,13 +31,13 @@ import random
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .config import RunConfig, config_from_dict, config_to_yaml
 from .data import FeatureSet, Splits
 from .errors import ConfigError, RunDirError
 from .evaluation import cascade_predictions
 from .metrics import best_baseline, display_name, method_metrics
+from .progress import progress
 
 log = logging.getLogger("dlsa_prod")
 
@@ -276,7 +276,7 @@ def _search(cfg: RunConfig, out: Path, candidates: int, device) -> dict:
     keep = [max(2, math.ceil(len(cands) / 3)), 1]
     total = len(cands) + min(keep[0], len(cands))
     scores: dict[int, dict[int, float]] = {}
-    with tqdm(total=total, desc="tune", unit="cfg", dynamic_ncols=True, disable=None) as bar:
+    with progress(total=total, desc="tune", unit="candidate run", leave=True) as bar:
         for rung, frac in enumerate(RUNG_FRACTIONS):
             scores[rung] = {}
             for i in alive:

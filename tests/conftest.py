@@ -48,3 +48,16 @@ def tiny_config(tiny_files, tmp_path):
     cfg = config_from_dict(tiny_config_dict(train, test))
     cfg.output.dir = tmp_path / "run"
     return cfg
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_user_cache(tmp_path_factory):
+    """Feature and engine caches of the tests go to a temporary directory, never ~/.cache."""
+    import os
+
+    if "DLSA_PROD_CACHE" not in os.environ:
+        os.environ["DLSA_PROD_CACHE"] = str(tmp_path_factory.mktemp("user_cache"))
+        yield
+        del os.environ["DLSA_PROD_CACHE"]
+    else:
+        yield

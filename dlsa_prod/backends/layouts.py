@@ -1,4 +1,5 @@
-"""How each bundle layout turns graph calls into (logits, exit_depth), for any backend.
+"""How each bundle layout turns graph calls into (logits, exit_depth, loglik_1), for any backend
+(loglik_1: depth 1's log p(x) of every row, for the input guard; None for the single layout).
 
 A backend supplies one callable per graph (``feeds dict -> list of outputs`` in the spec's output
 order) and an ``ArrayOps`` for the arrays it works on: numpy on the host (ONNX Runtime), or
@@ -46,13 +47,13 @@ def _call(calls, specs, name, args, timer):
 
 
 def run_layout(layout: str, calls: dict, specs: dict, x, thresholds, depth: int, ops=NUMPY, timer=None):
-    """(logits, exit_depth) for graph-ready input X, as arrays of ``ops``."""
+    """(logits, exit_depth, loglik_1) for graph-ready input X, as arrays of ``ops``."""
     if layout == FUSED:
-        logits, _pred, exit_depth, _ll = _call(calls, specs, FUSED, [x], timer)
-        return logits, exit_depth
+        logits, _pred, exit_depth, ll = _call(calls, specs, FUSED, [x], timer)
+        return logits, exit_depth, ll[:, 0]
     if layout == SINGLE:
         (logits,) = _call(calls, specs, SINGLE, [x], timer)
-        return logits, ops.full(ops.rows(x), regular_exit(depth), like=logits)
+        return logits, ops.full(ops.rows(x), regular_exit(depth), like=logits), None
     return run_staged(calls, specs, x, thresholds, depth, ops, timer)
 
 
@@ -61,9 +62,12 @@ def run_staged(calls, specs, x, thresholds, depth, ops=NUMPY, timer=None):
     (``routing.staged_route`` over the backend's graph calls)."""
     if BACKBONE in specs:
         (x,) = _call(calls, specs, BACKBONE, [x], timer)
+    first = {}
 
     def route(d, xr):
         ll, cluster = _call(calls, specs, filter_name(d), [xr], timer)
+        if d == 1:
+            first["loglik"] = ll  # every row reaches depth 1
         return ll, cluster
 
     def classify(d, xe, ce):
@@ -72,4 +76,5 @@ def run_staged(calls, specs, x, thresholds, depth, ops=NUMPY, timer=None):
     def regular(xr):
         return _call(calls, specs, REGULAR, [xr], timer)[0]
 
-    return staged_route(route, classify, regular, x, thresholds, depth, ops)
+    logits, exit_depth = staged_route(route, classify, regular, x, thresholds, depth, ops)
+    return logits, exit_depth, first.get("loglik")

@@ -24,7 +24,6 @@ provider on the bundle's validation samples and refused unless it passes the pre
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ import numpy as np
 from ..bundle_spec import BundleError, BundleSpec, GraphSpec
 from ..errors import DLSAError
 from ..array_ops import NUMPY
+from ..user_cache import user_cache_dir
 from .layouts import run_layout
 from .precision_gate import judge, routing_report
 
@@ -41,12 +41,6 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "te
 
 class ProviderError(DLSAError):
     """The requested execution provider is unavailable or did not start."""
-
-
-def user_cache_dir() -> Path:
-    base = os.environ.get("DLSA_PROD_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "dlsa_prod")
-    return Path(base)
 
 
 def provider_name(name: str) -> str:
@@ -176,8 +170,8 @@ class OrtExecutor:
     def _precision_gate(self, threads: int, accept: bool) -> dict:
         """This session's outputs against the CPU provider's on the bundle's validation samples."""
         samples = np.ascontiguousarray(self.spec.load_samples(), np.float32)
-        ref_logits, ref_exit = OrtExecutor(self.spec, self.layout, "cpu", threads).run(samples)
-        logits, exit_depth = self.run(samples)
+        ref_logits, ref_exit = OrtExecutor(self.spec, self.layout, "cpu", threads).run(samples)[:2]
+        logits, exit_depth = self.run(samples)[:2]
         report = routing_report({"pred": ref_logits.argmax(1), "exit": ref_exit}, logits, exit_depth,
                                 self.spec.load_sample_labels())
         return judge(report, f"{self.spec.path}: ONNX Runtime's TensorRT provider ({self.layout})", accept)
@@ -191,9 +185,9 @@ class OrtExecutor:
         return f"onnxruntime {'+'.join(self.active)} [{placement_text(self.placement, self.active)}]"
 
     def run(self, x, timer=None):
-        logits, exit_depth = run_layout(self.layout, self.calls, self.specs, x, self.spec.thresholds,
-                                        self.spec.depth, NUMPY, timer)
-        return logits, exit_depth.astype("int64", copy=False)
+        logits, exit_depth, loglik_1 = run_layout(self.layout, self.calls, self.specs, x, self.spec.thresholds,
+                                                  self.spec.depth, NUMPY, timer)
+        return logits, exit_depth.astype("int64", copy=False), loglik_1
 
 
 def load(spec: BundleSpec, layout: str, options: dict) -> OrtExecutor:

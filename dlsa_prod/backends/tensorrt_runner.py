@@ -221,9 +221,10 @@ class TensorRTExecutor:
     def run(self, x, timer=None):
         m = self.memory
         with self._stream():
-            logits, exit_depth = run_layout(self.layout, self.calls, self.specs, m.from_host(x), self.spec.thresholds,
-                                            self.spec.depth, m, timer)
-            out = m.host(logits), m.host(exit_depth).astype("int64", copy=False)
+            logits, exit_depth, loglik_1 = run_layout(self.layout, self.calls, self.specs, m.from_host(x),
+                                                      self.spec.thresholds, self.spec.depth, m, timer)
+            out = (m.host(logits), m.host(exit_depth).astype("int64", copy=False),
+                   None if loglik_1 is None else m.host(loglik_1))
         return out
 
 

@@ -169,7 +169,8 @@ class TorchExecutor:
         self.calls = self.specs = None
         if layout == FUSED:
             fused = FusedGraph(self.model).eval()
-            self.fn = Bucketed(lambda x: fused(x)[:3:2], feat, buckets, self.device, capture)
+            self.fn = Bucketed(lambda x: (lambda o: (o[0], o[2], o[3][:, 0]))(fused(x)), feat, buckets, self.device,
+                               capture)
         elif layout == SINGLE:
             clf = self.model
             depth = spec.depth
@@ -217,8 +218,9 @@ class TorchExecutor:
 
         with torch.no_grad(), ieee_fp32(), self.lock:
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
-            logits, exit_depth = self.fn(t)
-            return logits.cpu().numpy().copy(), exit_depth.cpu().numpy().astype(np.int64)
+            logits, exit_depth, *loglik_1 = self.fn(t)
+            ll = loglik_1[0].cpu().numpy().copy() if loglik_1 and loglik_1[0] is not None else None
+            return logits.cpu().numpy().copy(), exit_depth.cpu().numpy().astype(np.int64), ll
 
 
 def load(spec: BundleSpec, layout: str, options: dict) -> TorchExecutor:

@@ -170,6 +170,7 @@ def _header(run, name: str, class_names, image, batch: dict) -> dict:
         "depth": run.model.depth if dlsa else 0, "thresholds": run.model.thresholds if dlsa else [],
         "layouts": {}, "files": {}, "samples": None, "torch": None, "parity": {},
         "serving": {"batch_profile": dict(batch)}, "engines": None,
+        "input_guard": meta.get("input_guard") if dlsa else None,
     }
 
 

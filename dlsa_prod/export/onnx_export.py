@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -22,7 +23,9 @@ def export_onnx(module: torch.nn.Module, example: tuple, path: Path, input_names
     quiet = io.StringIO()
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
-        with torch.no_grad(), contextlib.redirect_stdout(quiet):
+        with torch.no_grad(), contextlib.redirect_stdout(quiet), warnings.catch_warnings():
+            # every input shares the one batch Dim, so torch notes that the name "batch" is not reused
+            warnings.filterwarnings("ignore", message=r"# The axis name: batch will not be used", category=UserWarning)
             torch.onnx.export(module, example, str(path), input_names=list(input_names),
                               output_names=list(output_names), dynamic_shapes=dynamic, dynamo=True,
                               opset_version=OPSET, external_data=False)

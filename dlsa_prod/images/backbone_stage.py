@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..data import FeatureSet, read_features, write_features
 from ..distributed import current as current_dist
 from ..errors import DataError
+from ..progress import progress
 from .backbones import ImageClassifier
 from .preprocess import Preprocess
 from .sources import ImageSet, load_image
@@ -116,10 +116,12 @@ def train_backbone(model: ImageClassifier, train: ImageSet, prep: Preprocess, cf
     counts = torch.bincount(torch.from_numpy(train.labels), minlength=num_classes).clamp(min=1).float()
     log_prior = torch.log(counts / counts.sum()).to(device)
     labels = torch.from_numpy(train.labels)
-    bar = tqdm(range(cfg.epochs), desc=f"backbone ({cfg.loss})", unit="ep", leave=False, dynamic_ncols=True,
-               disable=None)
+    # per batch: a backbone epoch can take minutes (Fashion-MNIST on 2 CPU cores: ~75 s)
+    bar = progress(total=cfg.epochs * steps_per_epoch, desc=f"backbone ({cfg.loss})", unit="batch")
     mean_loss = float("nan")
-    for _ in bar:
+    for epoch in range(cfg.epochs):
+        last = {} if epoch == 0 else {"last epoch loss": f"{mean_loss:.3f}"}
+        bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", **last)
         total = torch.zeros((), device=device)
         for idx in torch.randperm(len(train), generator=generator).split(cfg.batchsize):
             draws = crop_flip_draws(len(idx), cfg.augment.crop_padding, cfg.augment.hflip, generator)
@@ -139,8 +141,9 @@ def train_backbone(model: ImageClassifier, train: ImageSet, prep: Preprocess, cf
             opt.step()
             sched.step()
             total += loss.detach() / dist.world_size
+            bar.update(1)
         mean_loss = float(dist.all_reduce_(total)) / steps_per_epoch  # one host read per epoch
-        bar.set_postfix(loss=f"{mean_loss:.3f}")
+    bar.close()
     dist.sync_module_(model)  # rank 0's batch-norm running statistics everywhere
     log.info("backbone %s trained %d epochs with %s (last epoch loss %.3f)", type(model.trunk).__name__,
              cfg.epochs, cfg.loss, mean_loss)
@@ -156,7 +159,7 @@ def extract_features(model: ImageClassifier, images: ImageSet, prep: Preprocess,
     model.eval()
     start, end = dist.shard_bounds(len(images))
     feats, bad = [], []
-    for s in tqdm(range(start, end, batch_size), desc=desc, leave=False, disable=None):
+    for s in progress(range(start, end, batch_size), desc=desc, unit="batch"):
         idx = np.arange(s, min(s + batch_size, end))
         feats.append(model.trunk(load_batch(images, idx, prep, skip_bad, bad).to(device)))
     local = torch.cat(feats) if feats else torch.zeros(0, model.dim, device=device)

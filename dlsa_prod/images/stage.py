@@ -15,6 +15,7 @@ from ..data.classes import check_train_classes, num_classes_of
 from ..data.splits import carve_val
 from ..errors import DataError
 from ..run_dir import save_module
+from ..user_cache import feature_cache_dir
 from .backbone_stage import cache_key, cached_features, channel_stats, train_backbone
 from .backbones import build_backbone
 from .preprocess import Preprocess
@@ -82,10 +83,11 @@ def image_splits(cfg: RunConfig, workdir: Path, device: torch.device, generator:
     model = model.cpu().eval()
     save_module(model, workdir / "backbone.safetensors")
     key = cache_key(model, prep, sets, bc.arch)
-    feats = cached_features(bc.cache_dir, key, model.to(device), sets, prep, device, cfg.data.images.skip_bad_images)
+    cache = feature_cache_dir(bc.cache_dir)
+    feats = cached_features(cache, key, model.to(device), sets, prep, device, cfg.data.images.skip_bad_images)
     model.cpu()
     splits = Splits(feats["train"].validate(c), feats["val"].validate(c), feats["test"].validate(c), c)
-    info = {"arch": bc.arch, "dim": model.dim, "preprocess": prep.to_dict(), "feature_cache": str(Path(bc.cache_dir) / key),
+    info = {"arch": bc.arch, "dim": model.dim, "preprocess": prep.to_dict(), "feature_cache": str(cache / key),
             "class_names": sets["train"].class_names}
     return splits, info
 

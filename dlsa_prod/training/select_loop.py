@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
-from tqdm.auto import tqdm
 
 from ..config import OptimConfig
 from ..distributed import DistContext
 from ..errors import DLSAError
+from ..progress import progress
 from .schedule import set_lr
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def train_and_select(module: torch.nn.Module, optimizer: torch.optim.Optimizer, 
     best = BestState()
     best_score = best_epoch = best_info = stopped = None
     history: list[dict] = []
-    bar = tqdm(range(spec.epochs), desc=spec.desc, unit="ep", leave=False, dynamic_ncols=True, disable=None)
+    bar = progress(range(spec.epochs), desc=spec.desc, unit="epoch")
     for epoch in bar:
         module.train()
         lr = set_lr(optimizer, epoch, spec.optim)

@@ -6,11 +6,15 @@
 
     curl -s localhost:8000/healthz
     curl -s -X POST localhost:8000/predict -d '{"features": [[0.1, 0.2, ...], [...]]}'
-      -> {"labels": [3, 0], "confidence": [0.97, 0.88], "exit_depth": [1, 3], "classes": [...]}
+      -> {"labels": [3, 0], "confidence": [0.97, 0.88], "exit_depth": [1, 3], "in_distribution": [true, true],
+          "classes": [...]}
 
 Image bundles take ``{"images": ...}``: a list of uint8 images (0..255 integers) as H x W x C or
 C x H x W nested lists (or floats in 0..1); the runtime preprocesses them as the manifest records.
-``classes`` (class names) is present only when the bundle names its classes.
+``classes`` (class names) is present only when the bundle names its classes; ``in_distribution``
+(the input guard: depth 1's log p(x) at least the training set's 0.1% quantile) only when the
+bundle carries the guard's quantiles.  A request with more than 5% of its rows below that quantile
+is logged as a one-line warning.
 
 Bad input (malformed JSON, a missing key, ragged rows, the wrong width, NaN or values beyond the
 float32 range) is answered with HTTP 400 and ``{"error": "<one line>"}``.  One ``Runtime`` is
@@ -80,6 +84,11 @@ def respond_predictions(runtime: Runtime, x: np.ndarray) -> dict:
     out = {"labels": pred.labels.tolist(),
            "confidence": pred.probabilities.max(axis=1).astype(float).tolist() if len(pred.labels) else [],
            "exit_depth": pred.exit_depth.tolist()}
+    if pred.in_distribution is not None:
+        out["in_distribution"] = pred.in_distribution.tolist()
+        warning = runtime.guard_warning(pred, "POST /predict")
+        if warning:
+            log.warning("%s", warning)
     names = runtime.spec.class_names
     if names:
         out["classes"] = [names[i] for i in pred.labels]
@@ -110,7 +119,8 @@ class PredictHandler(BaseHTTPRequestHandler):
             return self._error(HTTPStatus.NOT_FOUND, f"no such endpoint {self.path}; use POST /predict or GET /healthz")
         rt = self.runtime
         self._send(HTTPStatus.OK, {"status": "ok", "runs": rt.describe(), "input": rt.spec.kind,
-                                   "dim": rt.dim, "num_classes": rt.num_classes, "depth": rt.depth})
+                                   "dim": rt.dim, "num_classes": rt.num_classes, "depth": rt.depth,
+                                   "input_guard": rt.guard_status()})
 
     def do_POST(self):  # noqa: N802
         if self.path.split("?")[0] != "/predict":
