@@ -203,11 +203,12 @@ def bench(bundle, batches, backends, providers, allow_fallback, layout, warmup, 
 @click.option("--features", type=click.Path(path_type=Path), help="evaluate on this feature file instead of the run's test split")
 @click.option("--bins", default=10, show_default=True, type=int,
               help="frequency bins of the confusion matrix")
-def report(run_dir, out, features, bins):
+@click.option("--force", is_flag=True, help="replace an existing report directory (only one dlsa-prod wrote)")
+def report(run_dir, out, features, bins, force):
     """PNG plots and a markdown summary of a trained run (accuracy vs frequency, routing, thresholds)."""
     from .report import write_report
 
-    path = write_report(run_dir, out, features, bins)
+    path = write_report(run_dir, out, features, bins, force=force)
     click.echo(f"report: {path / 'report.md'}")
 
 
@@ -217,7 +218,8 @@ def report(run_dir, out, features, bins):
               help="YAML with gmflow / filter / regcls / data settings (default: built-in)")
 @click.option("--device", default="cpu", type=click.Choice(["cpu", "cuda", "auto"]))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="write table.md, results.json, comparison.png here")
-def evaluate_features(feature_dirs, config_file, device, out):
+@click.option("--force", is_flag=True, help="replace an existing --out directory (only one dlsa-prod wrote)")
+def evaluate_features(feature_dirs, config_file, device, out, force):
     """Compare feature sets (research-layout directories) by how well the flow filter separates head classes."""
     from .config import read_config_tree
     from .device import resolve_device
@@ -228,8 +230,8 @@ def evaluate_features(feature_dirs, config_file, device, out):
     setup_logging()
     base = read_config_tree(config_file) if config_file else dict(DEFAULTS)
     staging = None
-    if out:  # refused before any work unless new or an earlier feature comparison
-        staging = StagingDir(Path(out), force=True, kind="feature-eval", protected_paths=[*feature_dirs, config_file])
+    if out:  # refused before any work unless new, or (--force) an earlier feature comparison
+        staging = StagingDir(Path(out), force=force, kind="feature-eval", protected_paths=[*feature_dirs, config_file])
     with staging or contextlib.nullcontext():
         dev = resolve_device(device)
         rows = [evaluate_feature_set(Path(d), base, dev) for d in feature_dirs]

@@ -2,7 +2,8 @@
 
 Layout::
 
-    .dlsa_prod          marker: {"kind": "run", version, host, pid} (``--force`` replaces only marked dirs)
+    .dlsa_prod          marker: {"kind": "run", version, host, pid, files} (``--force`` replaces only marked
+                        dirs holding nothing but the files listed there)
     config.yaml         resolved configuration (data paths absolute)
     meta.json           feature dim, classes, trained depth, train class counts, versions,
                         sha256 of every weights file (checked on load)
@@ -19,16 +20,19 @@ Output directories (runs, bundles, reports) share three helpers:
 
 * ``check_replaceable(out, kind, protected_paths, force)`` refuses, with one line and before any
   work starts, to write over anything this package did not write (no ``.dlsa_prod`` marker of
-  that kind), the current directory, or a directory holding one of the command's inputs;
+  that kind, or a file or directory inside that the marker does not list), the current
+  directory, or a directory holding one of the command's inputs;
 * ``StagingDir(target, force, kind=..., tag=..., protected_paths=...)`` builds the output under
-  ``.NAME.<tag>-PID`` (marked at creation) and renames it into place;
-* ``remove_stale(parent)`` deletes ``.NAME.<tag>-PID`` leftovers of killed processes (only
-  marked directories whose process is gone, on this host).
+  ``.NAME.<tag>-PID`` (marked at creation), lists its files in the marker and renames it into place;
+* ``remove_stale(parent)`` cleans ``.NAME.<tag>-PID`` leftovers of killed processes (only
+  marked directories whose process is gone, on this host): a ``.NAME.old-PID`` whose NAME is
+  missing (a kill between the two final renames) is renamed back to NAME, the rest are deleted.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -49,6 +53,7 @@ from .models import DLSAModel, FeatureClassifier
 REQUIRED = ("config.yaml", "meta.json", "model.safetensors")
 MARKER = ".dlsa_prod"
 STAGING_TAGS = ("partial", "exporting", "reporting", "old")
+log = logging.getLogger("dlsa_prod")
 _STAGING_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<tag>[a-z]+)-(?P<pid>\d+)$")
 
 
@@ -69,10 +74,45 @@ def save_module(module: torch.nn.Module, path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- output directories
-def write_marker(directory: Path, kind: str) -> None:
-    """Mark DIRECTORY as written by dlsa_prod (``kind``: run, bundle, report ...)."""
+def write_marker(directory: Path, kind: str, files: list[str] | None = None) -> None:
+    """Mark DIRECTORY as written by dlsa_prod (``kind``: run, bundle, report ...); FILES: the paths
+    (relative, POSIX) of everything inside that this package wrote (``--force`` replaces nothing else)."""
     write_json(Path(directory) / MARKER, {"kind": kind, "dlsa_prod_version": __version__,
-                                          "host": socket.gethostname(), "pid": os.getpid()})
+                                          "host": socket.gethostname(), "pid": os.getpid(),
+                                          "files": sorted(files or [])})
+
+
+def list_tree(directory: Path) -> list[str]:
+    """Relative POSIX paths of every file and directory under DIRECTORY, except the top marker."""
+    directory = Path(directory)
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
+                  if p.relative_to(directory).as_posix() != MARKER)
+
+
+def first_foreign(directory: Path) -> Path | None:
+    """The first file or directory inside marked DIRECTORY that its marker does not list (a
+    subdirectory with its own marker, e.g. RUN/bundle, is checked against its own list); None if none."""
+    directory = Path(directory)
+    marker = read_marker(directory) or {}
+    listed = set(marker.get("files") or [])
+
+    def walk(d: Path) -> Path | None:
+        for entry in sorted(d.iterdir()):
+            rel = entry.relative_to(directory).as_posix()
+            if rel == MARKER:
+                continue
+            real_dir = entry.is_dir() and not entry.is_symlink()
+            if rel in listed and not entry.is_symlink():
+                found = walk(entry) if real_dir else None
+            elif real_dir and read_marker(entry) is not None:
+                found = first_foreign(entry)
+            else:
+                return entry
+            if found is not None:
+                return found
+        return None
+
+    return walk(directory)
 
 
 def read_marker(directory: Path) -> dict | None:
@@ -120,6 +160,10 @@ def check_replaceable(out: str | Path, kind: str, protected_paths: Iterable[str 
                           f"directories are replaced, remove or rename it yourself")
     if marker["kind"] != kind:
         raise RunDirError(f"{out}: is a dlsa-prod {marker['kind']} directory, not a {kind}; refusing to replace it")
+    foreign = first_foreign(out)
+    if foreign is not None:
+        raise RunDirError(f"{foreign}: was not written by dlsa-prod; --force replaces {out} only when it holds "
+                          f"nothing else: move it out first")
     return out
 
 
@@ -145,12 +189,17 @@ def remove_stale(parent: str | Path, tags: Iterable[str] = STAGING_TAGS) -> list
     if not parent.is_dir():
         return removed
     host = socket.gethostname()
-    for entry in parent.iterdir():
+    for entry in sorted(parent.iterdir(), key=lambda e: ".old-" not in e.name):  # restorable ones first
         m = _STAGING_NAME.match(entry.name)
         if m is None or m["tag"] not in tags or entry.is_symlink() or not entry.is_dir():
             continue
         marker = read_marker(entry)
         if marker is None or marker.get("host", host) != host or not _process_gone(int(m["pid"])):
+            continue
+        target = parent / m["name"]
+        if m["tag"] == "old" and not target.exists() and not target.is_symlink():
+            os.replace(entry, target)  # killed between the two renames of commit(): put the previous one back
+            log.warning("%s: restored from %s, left by a process killed while replacing it", target, entry.name)
             continue
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
@@ -199,6 +248,7 @@ class StagingDir:
 
     def commit(self) -> Path:
         check_replaceable(self.target, self.kind, self.protected, self.force)  # nothing appeared meanwhile
+        write_marker(self.path, self.kind, list_tree(self.path))
         old = None
         if self.target.exists():
             old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
@@ -256,6 +306,8 @@ class LoadedRun:
 def read_run_meta(path: str | Path) -> tuple[RunConfig, dict]:
     """(config, meta) of a run directory, with one-line errors for missing or unreadable files."""
     path = Path(path)
+    if not path.exists():
+        remove_stale(path.parent, tags=("old",))  # a kill while replacing it: restore the previous run
     if not path.is_dir():
         raise RunDirError(f"{path}: run directory not found")
     for name in REQUIRED:

@@ -65,6 +65,9 @@ def test_check_replaceable_rules(tmp_path, monkeypatch):
     with pytest.raises(RunDirError, match="is a dlsa-prod bundle directory, not a run"):
         check_replaceable(target, "run", force=True)
     write_marker(target, "run")
+    with pytest.raises(RunDirError, match="out/sub: was not written by dlsa-prod"):  # the marker does not list it
+        check_replaceable(target, "run", force=True)
+    write_marker(target, "run", ["sub", "sub/thesis.tex"])
     assert check_replaceable(target, "run", force=True) == target
     # never a directory holding an input, the cwd or a parent of it, or a symbolic link
     with pytest.raises(RunDirError, match="holds .*train.npz, an input of this command"):
@@ -97,6 +100,45 @@ def test_train_force_refuses_before_any_work(tiny_files, tmp_path, monkeypatch):
     res = runner.invoke(main, ["train", str(cfg), "--out", ".", "--force"])
     assert res.exit_code == 2 and "is the current directory" in res.output and "data:" not in res.output
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_force_refuses_a_marked_directory_holding_a_users_file(tmp_path):
+    target = tmp_path / "out"
+    with StagingDir(target, force=False) as staging:
+        (staging.path / "model.bin").write_text("tool")
+        (staging.path / "plots").mkdir()
+        (staging.path / "plots" / "a.png").write_text("tool")
+        staging.commit()
+    assert read_marker(target)["files"] == ["model.bin", "plots", "plots/a.png"]
+    assert check_replaceable(target, "run", force=True) == target
+    inner = target / "bundle"  # written later by another command (export's default RUN/bundle): its own marker
+    with StagingDir(inner, force=False, kind="bundle") as staging:
+        (staging.path / "fused.onnx").write_text("tool")
+        staging.commit()
+    assert check_replaceable(target, "run", force=True) == target
+    for user_file, named in ((target / "NOTES.md", target / "NOTES.md"), (target / "plots" / "mine.png", None),
+                             (inner / "mine.txt", None), (target / "mydata" / "x", target / "mydata")):
+        user_file.parent.mkdir(exist_ok=True)
+        user_file.write_text("mine")
+        with pytest.raises(RunDirError, match=f"^{named or user_file}: was not written by dlsa-prod; --force replaces"):
+            check_replaceable(target, "run", force=True)
+        user_file.unlink()
+    with pytest.raises(RunDirError, match="mydata: was not"):  # an empty directory the tool did not make counts too
+        check_replaceable(target, "run", force=True)
+
+
+def test_train_force_keeps_the_users_files(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "r1"
+    shutil.copytree(tiny_run / "run", run)
+    (run / "NOTES.md").write_text("my notes")
+    (run / "mydata").mkdir()
+    (run / "mydata" / "x.csv").write_text("1,2")
+    res = CliRunner().invoke(main, ["train", str(tiny_run / "conf" / "c.yaml"), "--out", str(run), "--force"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert f"{run / 'NOTES.md'}: was not written by dlsa-prod" in res.output
+    assert (run / "NOTES.md").read_text() == "my notes" and (run / "mydata" / "x.csv").read_text() == "1,2"
 
 
 def test_train_force_replaces_its_own_run(tiny_run, tmp_path):
@@ -148,6 +190,47 @@ def test_staging_dir_of_a_killed_process_is_removed_by_the_next_run(tmp_path):
     assert not left.exists()
     staging.commit()
     assert read_marker(tmp_path / "run")["kind"] == "run"
+
+
+def _commit_killed_between_renames(target: Path) -> int:
+    """Run StagingDir.commit() in a child whose second rename exits the process (as a kill would); its PID."""
+    script = textwrap.dedent(f"""
+        import os
+        from pathlib import Path
+        from dlsa_prod.run_dir import StagingDir
+        real = os.replace
+        def replace(src, dst):
+            if Path(src).name.startswith(".run.partial-"):  # the second rename: the new directory into place
+                os._exit(9)
+            real(src, dst)
+        with StagingDir(Path({str(target)!r}), force=True) as s:
+            (s.path / "new.txt").write_text("new")
+            os.replace = replace
+            s.commit()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate()
+    assert proc.returncode == 9, err
+    return proc.pid
+
+
+def test_a_kill_between_the_final_renames_restores_the_previous_directory(tmp_path):
+    target = tmp_path / "run"
+    with StagingDir(target, force=False) as staging:
+        (staging.path / "old.txt").write_text("previous run")
+        staging.commit()
+    pid = _commit_killed_between_renames(target)
+    assert not target.exists() and (tmp_path / f".run.old-{pid}").is_dir()
+    assert (tmp_path / f".run.partial-{pid}").is_dir()
+    StagingDir(tmp_path / "other", force=False).abort()  # the next command writing there restores it
+    assert (target / "old.txt").read_text() == "previous run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    # reading the run (eval, export, report) restores it too
+    pid = _commit_killed_between_renames(target)
+    assert not target.exists()
+    with pytest.raises(RunDirError, match="config.yaml: missing"):  # restored, then read
+        load_run(target)
+    assert (target / "old.txt").read_text() == "previous run"
 
 
 # ----------------------------------------------------------------------------- weights verified on load
@@ -203,13 +286,19 @@ def test_relative_paths_are_stored_absolute_and_commands_work_elsewhere(tiny_run
     res = runner.invoke(main, ["report", str(tiny_run / "run"), "--out", "rep"])
     assert res.exit_code == 0, res.output
     assert read_marker(tmp_path / "rep")["kind"] == "report" and (tmp_path / "rep" / "cluster_purity.png").is_file()
-    res = runner.invoke(main, ["report", str(tiny_run / "run"), "--out", "rep", "--bins", "2"])  # replaces its own
+    res = runner.invoke(main, ["report", str(tiny_run / "run"), "--out", "rep", "--bins", "2"])  # exists: --force
+    assert res.exit_code == 2 and "output directory exists (use --force" in res.output and res.output.count("\n") == 1
+    res = runner.invoke(main, ["report", str(tiny_run / "run"), "--out", "rep", "--bins", "2", "--force"])
     assert res.exit_code == 0, res.output
+    (tmp_path / "rep" / "my_notes.md").write_text("mine")  # a user's file inside: even --force refuses
+    res = runner.invoke(main, ["report", str(tiny_run / "run"), "--out", "rep", "--force"])
+    assert res.exit_code == 2 and "my_notes.md: was not written by dlsa-prod" in res.output
+    assert (tmp_path / "rep" / "my_notes.md").read_text() == "mine"
     res = runner.invoke(main, ["report", str(tiny_run / "run"), "--out", str(tiny_run / "run")])
     assert res.exit_code == 2 and "run: is " in res.output and "an input of this command" in res.output
     (tmp_path / "other").mkdir()
     write_marker(tmp_path / "other", "run")
-    res = runner.invoke(main, ["report", str(tiny_run / "run"), "--out", "other"])
+    res = runner.invoke(main, ["report", str(tiny_run / "run"), "--out", "other", "--force"])
     assert res.exit_code == 2 and "is a dlsa-prod run directory, not a report" in res.output
 
 
@@ -254,7 +343,7 @@ def test_staging_dir_as_a_context_aborts_on_any_exception(tmp_path):
 def test_commit_replaces_its_own_directory_despite_an_old_leftover_of_this_pid(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
-    write_marker(target, "run")
+    write_marker(target, "run", ["previous.txt"])
     (target / "previous.txt").write_text("previous")
     leftover = tmp_path / f".out.old-{os.getpid()}"  # an earlier process with this PID was killed mid-commit
     leftover.mkdir()
