@@ -141,3 +141,31 @@ def test_json_output_never_overwrites_an_input(tmp_path):
     res = CliRunner().invoke(main, ["eval", str(run), "--features", str(feats), "--json", str(feats)])
     _one_line_error(res, "f.npz: is ", "an input of this command")
     assert (run / "metrics.json").read_text() == "{}" and feats.read_bytes() == before
+
+
+# ----------------------------------------------------------------------------- Runtime arguments
+@pytest.mark.parametrize("kwargs, message", [
+    ({"provider": ["cuda"]}, "unknown argument 'provider' for backend 'onnxruntime' (did you mean 'providers'?)"),
+    ({"device": "cuda"}, "unknown argument 'device' for backend 'onnxruntime' (an option of backend 'torch')"),
+    ({"backend": "torch", "providers": ["cuda"]}, "providers= applies to backend 'onnxruntime' only"),
+    ({"backend": "torch", "memory": None}, "unknown argument 'memory' for backend 'torch'"),
+    ({"threads": -1}, "threads must be a non-negative integer (0 = all CPUs), got -1"),
+    ({"threads": "x"}, "threads must be a non-negative integer (0 = all CPUs), got 'x'"),
+    ({"threads": True}, "threads must be a non-negative integer"),
+    ({"chunk_rows": 2.5}, "chunk_rows must be a positive integer, got 2.5"),
+    ({"chunk_rows": 0}, "chunk_rows must be a positive integer, got 0"),
+])
+def test_runtime_refuses_unknown_or_invalid_arguments(tmp_path, kwargs, message):
+    from dlsa_prod.runtime import Runtime
+
+    with pytest.raises(DLSAError) as err:  # checked before the bundle is read: no bundle needed
+        Runtime(tmp_path / "no_bundle", **kwargs)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_runtime_accepts_each_backends_own_options():
+    from dlsa_prod.runtime import check_arguments
+
+    check_arguments("onnxruntime", ["cpu"], np.int64(2), 8, {"fp16": False, "spinning": False})
+    check_arguments("torch", None, 0, 8, {"device": "cpu", "cuda_graphs": False, "max_bucket": 64, "model": None})
+    check_arguments("tensorrt", None, 0, 8, {"memory": None, "cuda_graphs": True, "warmup": True, "precision": None})
