@@ -12,7 +12,8 @@ from .errors import DLSAError
 
 
 class _Group(click.Group):
-    """Print DLSAError subclasses as one line and exit 2, without a traceback."""
+    """Print DLSAError subclasses and usage errors as one line and exit 2, without a traceback;
+    Ctrl-C prints one line and exits 130."""
 
     def invoke(self, ctx):
         try:
@@ -20,6 +21,29 @@ class _Group(click.Group):
         except DLSAError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted (nothing half-written was left behind)", err=True)
+            sys.exit(130)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:  # click prints Usage / Try / Error on 3-4 lines
+            if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:  # bare `dlsa-prod`: the help
+                click.echo(exc.ctx.get_help())
+                sys.exit(0)
+            command = exc.ctx.command_path if exc.ctx is not None else "dlsa-prod"
+            click.echo(f"error: {exc.format_message().rstrip('.')} (see {command} --help)", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:  # Ctrl-C or end of input at a prompt, outside a command
+            click.echo("error: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 def _check_json_target(path: Path | None, inputs=()) -> None:
@@ -68,7 +92,7 @@ def train(config, out, device, seed, overrides, seeds_text, force, precision):
         extra.append(f"precision={precision}")
     cfg = load_config(config, extra)
     out = Path(out or cfg.output.dir)
-    seeds = parse_seeds(seeds_text) if seeds_text else cfg.seeds
+    seeds = parse_seeds(seeds_text) if seeds_text is not None else cfg.seeds
     if seeds and seed is not None:
         from .errors import ConfigError
 

@@ -6,7 +6,8 @@ Layout::
                         dirs holding nothing but the files listed there)
     config.yaml         resolved configuration (data paths absolute)
     meta.json           feature dim, classes, trained depth, train class counts, versions,
-                        sha256 of every weights file (checked on load)
+                        sha256 of every weights file and settings_sha256 of every config setting but
+                        paths and device (both checked on load: an edited setting is refused)
     model.safetensors   DLSAModel state (flows, GMM centres, thresholds, priors, classifiers)
     baseline_<LOSS>.safetensors   plain classifiers
     routing.json        per-depth thresholds and cluster priors (K x C)
@@ -45,7 +46,7 @@ import torch
 import yaml
 
 from . import __version__
-from .config import RunConfig, config_from_dict, config_to_yaml
+from .config import RunConfig, config_from_dict, config_to_yaml, load_yaml, settings_sha256
 from .errors import RunDirError
 from .bundle_spec import sha256_file
 from .models import DLSAModel, FeatureClassifier
@@ -284,7 +285,7 @@ def save_run(path: Path, cfg: RunConfig, meta: dict, model: DLSAModel, baselines
     for loss, clf in baselines.items():
         save_module(clf, path / f"baseline_{loss}.safetensors")
     weights = {f.name: sha256_file(f) for f in sorted(path.glob("*.safetensors"))}
-    write_json(path / "meta.json", {**meta, "sha256": weights})
+    write_json(path / "meta.json", {**meta, "sha256": weights, "settings_sha256": settings_sha256(cfg)})
     write_json(path / "routing.json", {
         "thresholds": model.thresholds,
         "cluster_priors": [s.cluster_prior.cpu().tolist() for s in model.stages],
@@ -314,15 +315,20 @@ def read_run_meta(path: str | Path) -> tuple[RunConfig, dict]:
         if not (path / name).is_file():
             raise RunDirError(f"{path / name}: missing (not a complete dlsa-prod run directory)")
     try:
-        tree = yaml.safe_load((path / "config.yaml").read_text())
+        tree = load_yaml((path / "config.yaml").read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise RunDirError(f"{path / 'config.yaml'}: unreadable ({str(exc).splitlines()[0]})") from None
+        raise RunDirError(f"{path / 'config.yaml'}: unreadable ({' '.join(str(exc).split())})") from None
     cfg = config_from_dict(tree, str(path / "config.yaml"))
     try:
         meta = json.loads((path / "meta.json").read_text())
         int(meta["dim"]), int(meta["num_classes"]), int(meta["depth"])
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
         raise RunDirError(f"{path / 'meta.json'}: unreadable ({exc})") from None
+    recorded = meta.get("settings_sha256")  # absent in runs written before it was recorded
+    if recorded is not None and recorded != settings_sha256(cfg):
+        raise RunDirError(f"{path / 'config.yaml'}: settings differ from the ones this run was trained with "
+                          f"(settings_sha256 in meta.json); only data paths, output and device may be edited: "
+                          f"re-train to change the model")
     return cfg, meta
 
 

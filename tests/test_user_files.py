@@ -362,3 +362,38 @@ def test_an_output_that_cannot_be_created_is_one_line(tiny_run, tmp_path):
     assert res.exit_code == 2 and res.output.count("\n") == 1
     assert "afile/rep: cannot create the output directory here" in res.output
     assert (tmp_path / "afile").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+# ----------------------------------------------------------------------------- run settings verified on load
+def test_an_edited_run_setting_is_refused_but_paths_and_device_may_change(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "run", run)
+    original = (run / "config.yaml").read_text()
+    tree = yaml.safe_load(original)
+    tree["device"] = "auto"  # another machine, data moved: allowed
+    tree["data"]["test"] = str(tmp_path / "moved_test.npz")
+    (run / "config.yaml").write_text(yaml.safe_dump(tree))
+    assert load_run(run).cfg.device == "auto"
+    for section, key, value in (("gmflow", "model", {"log_scale_clamp": 5.0}), ("filter", "min_purity", 0.5)):
+        tree = yaml.safe_load(original)
+        tree[section][key] = {**tree[section][key], **value} if isinstance(value, dict) else value
+        (run / "config.yaml").write_text(yaml.safe_dump(tree))
+        with pytest.raises(RunDirError, match=r"config.yaml: settings differ from the ones this run was trained "
+                                              r"with \(settings_sha256 in meta.json\)"):
+            load_run(run)
+        for command in (["eval", str(run)], ["export", str(run), "--out", str(tmp_path / "b")]):
+            res = CliRunner().invoke(main, command)
+            assert res.exit_code == 2 and res.output.count("\n") == 1 and "settings differ" in res.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_duplicate_keys_in_a_runs_config_are_refused(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "run", run)
+    (run / "config.yaml").write_text((run / "config.yaml").read_text() + "seed: 5\n")
+    with pytest.raises(RunDirError, match=r"config.yaml: unreadable \(.*duplicate key 'seed' \(first given on line"):
+        load_run(run)
