@@ -24,6 +24,9 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("error: interrupted (nothing half-written was left behind)", err=True)
             sys.exit(130)
+        except OSError as exc:  # a full disk, a read-only or vanished directory while writing
+            click.echo(f"error: {os_error_line(exc)}", err=True)
+            sys.exit(2)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
@@ -44,6 +47,19 @@ class _Group(click.Group):
             click.echo("error: interrupted", err=True)
             sys.exit(130)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an OSError: the file, what happened, and that earlier outputs are unchanged."""
+    import errno
+
+    from .run_dir import public_path
+
+    where = f"{public_path(exc.filename)}: " if exc.filename else ""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"{where}{what} (nothing half-written was kept and earlier outputs are unchanged; free space and re-run)"
+    return f"{where}{what}"
 
 
 def _check_json_target(path: Path | None, inputs=()) -> None:

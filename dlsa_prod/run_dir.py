@@ -58,20 +58,50 @@ log = logging.getLogger("dlsa_prod")
 _STAGING_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<tag>[a-z]+)-(?P<pid>\d+)$")
 
 
-def write_json(path: Path, obj) -> None:
+def write_atomic(path: Path, write) -> None:
+    """``write(tmp)`` into a temporary file next to PATH, then rename it to PATH; on any failure (a
+    full disk included) the temporary file is removed and PATH is left as it was."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # Path.write_text names no file
+            exc.filename = str(path)
+        raise
+
+
+def public_path(path: str | Path) -> Path:
+    """PATH with a staging component ``.NAME.<tag>-PID`` shown as the NAME it becomes (for messages)."""
+    parts = [m["name"] if (m := _STAGING_NAME.match(part)) else part for part in Path(path).parts]
+    return Path(*parts) if parts else Path(path)
+
+
+def write_json(path: Path, obj) -> None:
+    text = json.dumps(obj, indent=2)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def save_module(module: torch.nn.Module, path: Path) -> None:
-    """Write a module's state as safetensors (temp file, then rename)."""
+    """Write a module's state as safetensors (temp file, then rename).  A write error (safetensors
+    reports it as SafetensorError) comes back as OSError with its errno, e.g. ENOSPC."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(state, str(tmp))
+        except SafetensorError as exc:
+            code = re.search(r"os error (\d+)", str(exc))
+            if code is None:
+                raise
+            raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
+
+    write_atomic(path, write)
 
 
 # ----------------------------------------------------------------------------- output directories
@@ -280,7 +310,7 @@ class StagingDir:
 def save_run(path: Path, cfg: RunConfig, meta: dict, model: DLSAModel, baselines: dict[str, FeatureClassifier],
              metrics: dict) -> None:
     """Write a run's files into PATH; meta.json records the sha256 of every weights file in PATH."""
-    (path / "config.yaml").write_text(config_to_yaml(cfg))
+    write_atomic(path / "config.yaml", lambda tmp: tmp.write_text(config_to_yaml(cfg)))
     save_module(model, path / "model.safetensors")
     for loss, clf in baselines.items():
         save_module(clf, path / f"baseline_{loss}.safetensors")

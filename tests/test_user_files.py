@@ -397,3 +397,96 @@ def test_duplicate_keys_in_a_runs_config_are_refused(tiny_run, tmp_path):
     (run / "config.yaml").write_text((run / "config.yaml").read_text() + "seed: 5\n")
     with pytest.raises(RunDirError, match=r"config.yaml: unreadable \(.*duplicate key 'seed' \(first given on line"):
         load_run(run)
+
+
+# ----------------------------------------------------------------------------- a full disk
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 512 KiB tmpfs (root only; skipped where mounting is not permitted), unmounted afterwards."""
+    d = tmp_path / "disk"
+    d.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(d)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root (the injected-error test covers the rest)")
+    yield d
+    subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def _fill(disk: Path, free_pages: int) -> None:
+    """Leave about FREE_PAGES pages of 4 KiB free on DISK."""
+    filler = disk / "filler"
+    filler.unlink(missing_ok=True)
+    st = os.statvfs(disk)
+    with open(filler, "wb") as fh:
+        fh.write(b"\0" * max(0, st.f_bavail * st.f_frsize - free_pages * 4096))
+
+
+def _disk_full_line(res) -> None:
+    assert res.exit_code == 2, res.output
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "No space left on device" in last and "Traceback" not in res.output
+    assert "Logging error" not in res.output
+
+
+def _leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.rglob("*") if ".tmp" in p.name or ".partial-" in p.name
+                  or ".old-" in p.name or ".exporting-" in p.name or ".reporting-" in p.name)
+
+
+def test_a_full_disk_is_one_line_for_every_command(tiny_run, small_disk, tmp_path):
+    import shutil
+
+    runner = CliRunner()
+    conf = str(tiny_run / "conf" / "c.yaml")
+    bundle = tmp_path / "bundle"
+    assert runner.invoke(main, ["export", str(tiny_run / "run"), "--out", str(bundle)]).exit_code == 0
+    shutil.copytree(tiny_run / "run", small_disk / "run")  # an earlier run, kept intact by train --force
+    before = {p.name: p.read_bytes() for p in (small_disk / "run").iterdir() if p.is_file()}
+    commands = [
+        (1, ["train", conf, "--out", str(small_disk / "new")]),  # the log file hits the limit
+        (3, ["train", conf, "--out", str(small_disk / "new")]),  # the weights do
+        (3, ["train", conf, "--out", str(small_disk / "run"), "--force"]),
+        (0, ["eval", str(tiny_run / "run"), "--json", str(small_disk / "m.json")]),
+        (0, ["bench", str(bundle), "--batch", "1", "--warmup", "0.01", "--duration", "0.02", "--json",
+             str(small_disk / "b.json")]),
+        (2, ["report", str(tiny_run / "run"), "--out", str(small_disk / "rep")]),
+        (2, ["export", str(tiny_run / "run"), "--out", str(small_disk / "b")]),
+    ]
+    for free, command in commands:
+        _fill(small_disk, free)
+        res = runner.invoke(main, command)
+        _disk_full_line(res)
+        assert _leftovers(small_disk) == [], command
+        assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "run"], command
+        assert {p.name: p.read_bytes() for p in (small_disk / "run").iterdir() if p.is_file()} == before
+
+
+def test_an_injected_write_error_is_one_line_and_leaves_nothing(tiny_run, tmp_path, monkeypatch):
+    """The same without root: ENOSPC injected into the writes (text/JSON, safetensors, plots)."""
+    import errno
+    import pathlib
+
+    import matplotlib.figure
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def safetensors_no_space(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    runner = CliRunner()
+    out = tmp_path / "out"
+    out.mkdir()
+    train = ["train", str(tiny_run / "conf" / "c.yaml"), "--out", str(out / "run")]
+    eval_json = ["eval", str(tiny_run / "run"), "--json", str(out / "m.json")]
+    report = ["report", str(tiny_run / "run"), "--out", str(out / "rep")]
+    for target, name, fake, commands in ((safetensors.torch, "save_file", safetensors_no_space, [train]),
+                                         (pathlib.Path, "write_text", no_space, [train, eval_json, report]),
+                                         (matplotlib.figure.Figure, "savefig", no_space, [report])):
+        with monkeypatch.context() as m:
+            m.setattr(target, name, fake)
+            for command in commands:
+                _disk_full_line(runner.invoke(main, command))
+                assert list(out.iterdir()) == [], (name, command)
