@@ -135,8 +135,8 @@ def first_foreign(directory: Path) -> Path | None:
             real_dir = entry.is_dir() and not entry.is_symlink()
             if rel in listed and not entry.is_symlink():
                 found = walk(entry) if real_dir else None
-            elif real_dir and read_marker(entry) is not None:
-                found = first_foreign(entry)
+            elif real_dir and read_marker(entry) is not None:  # written by a later command (RUN/bundle)
+                found = None if _STAGING_NAME.match(entry.name) else first_foreign(entry)  # or its leftover
             else:
                 return entry
             if found is not None:
@@ -191,6 +191,9 @@ def check_replaceable(out: str | Path, kind: str, protected_paths: Iterable[str 
                           f"directories are replaced, remove or rename it yourself")
     if marker["kind"] != kind:
         raise RunDirError(f"{out}: is a dlsa-prod {marker['kind']} directory, not a {kind}; refusing to replace it")
+    if "files" not in marker and any(p.name != MARKER for p in out.iterdir()):
+        raise RunDirError(f"{out}: its {MARKER} marker lists no files (written by an older dlsa-prod), so what "
+                          f"inside is yours is unknown; remove or rename it yourself")
     foreign = first_foreign(out)
     if foreign is not None:
         raise RunDirError(f"{foreign}: was not written by dlsa-prod; --force replaces {out} only when it holds "

@@ -125,6 +125,17 @@ def test_force_refuses_a_marked_directory_holding_a_users_file(tmp_path):
         user_file.unlink()
     with pytest.raises(RunDirError, match="mydata: was not"):  # an empty directory the tool did not make counts too
         check_replaceable(target, "run", force=True)
+    (target / "mydata").rmdir()
+    leftover = target / f".bundle.exporting-{_dead_pid()}"  # an export into RUN/bundle killed: ours, not the user's
+    leftover.mkdir()
+    write_marker(leftover, "bundle")
+    (leftover / "fused.onnx").write_text("tool")
+    assert check_replaceable(target, "run", force=True) == target
+    marker = json.loads((target / MARKER).read_text())
+    del marker["files"]  # a run written by an older dlsa-prod: what is inside is unknown
+    (target / MARKER).write_text(json.dumps(marker))
+    with pytest.raises(RunDirError, match="marker lists no files \\(written by an older dlsa-prod\\)"):
+        check_replaceable(target, "run", force=True)
 
 
 def test_train_force_keeps_the_users_files(tiny_run, tmp_path):
