@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import sys
 from pathlib import Path
 
@@ -25,6 +26,8 @@ class _Group(click.Group):
             click.echo("error: interrupted (nothing half-written was left behind)", err=True)
             sys.exit(130)
         except OSError as exc:  # a full disk, a read-only or vanished directory while writing
+            if exc.errno == errno.EPIPE:  # output piped into `head`: main() exits quietly, as click does
+                raise
             click.echo(f"error: {os_error_line(exc)}", err=True)
             sys.exit(2)
 
@@ -46,13 +49,18 @@ class _Group(click.Group):
         except click.Abort:  # Ctrl-C or end of input at a prompt, outside a command
             click.echo("error: interrupted", err=True)
             sys.exit(130)
+        except OSError as exc:
+            if exc.errno != errno.EPIPE:
+                raise
+            from click.utils import PacifyFlushWrapper
+
+            sys.stdout, sys.stderr = PacifyFlushWrapper(sys.stdout), PacifyFlushWrapper(sys.stderr)
+            sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
 def os_error_line(exc: OSError) -> str:
     """One line for an OSError: the file, what happened, and that earlier outputs are unchanged."""
-    import errno
-
     from .run_dir import public_path
 
     where = f"{public_path(exc.filename)}: " if exc.filename else ""
