@@ -233,3 +233,17 @@ def test_ctrl_c_exits_130_with_one_line(cfg_file, tmp_path):
     assert err.strip().splitlines()[-1] == "error: interrupted (nothing half-written was left behind)"
     assert "Traceback" not in err
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".r.") or p.name == "r"]
+
+
+def test_output_into_a_closed_pipe_exits_quietly():
+    """`dlsa-prod info | head -1`: the closed pipe is no error line and no traceback (exit 1, as click does)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "dlsa_prod.cli", "info"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read()
+    proc.wait(timeout=120)
+    proc.stderr.close()
+    assert proc.returncode == 1 and err == "", err
