@@ -32,7 +32,7 @@ from pathlib import Path
 from .errors import DLSAError
 
 FORMAT = "dlsa-bundle"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: graphs embed classes_sha256 (class names, train counts, shot groups)
 MANIFEST = "manifest.json"
 BUNDLE_KIND = "bundle"  # the run_dir marker kind of a bundle directory
 LAYOUTS = ("fused", "staged", "single")
@@ -240,9 +240,18 @@ def graph_metadata(manifest: dict, layout: str, name: str) -> dict[str, str]:
             f"{METADATA_PREFIX}num_classes": str(manifest["classes"]["num_classes"]),
             f"{METADATA_PREFIX}dim": str(manifest["input"]["dim"]),
             f"{METADATA_PREFIX}source": manifest["source"]["model"],
+            f"{METADATA_PREFIX}classes_sha256": classes_sha256(manifest["classes"]),
             # optional (bundles before the input guard have none): the guard's quantiles, so an edit is refused
             **({f"{METADATA_PREFIX}input_guard": json.dumps(manifest["input_guard"], sort_keys=True)}
                if manifest.get("input_guard") else {})}
+
+
+def classes_sha256(classes: dict) -> str:
+    """sha256 of the manifest's ``classes`` (num_classes, names, train_counts, shot_groups), canonical JSON."""
+    return hashlib.sha256(json.dumps(classes, sort_keys=True).encode()).hexdigest()
+
+
+_FIELD_LABELS = {"classes_sha256": "classes (names, train_counts, shot_groups)"}
 
 
 _ONNX_DTYPES = {1: "float32", 7: "int64", 6: "int32", 10: "float16", 9: "bool", 2: "uint8"}
@@ -281,6 +290,9 @@ def check_graphs(spec: BundleSpec) -> None:
             for key, value in expected.items():
                 if meta.get(key) != value:
                     field_name = key[len(METADATA_PREFIX):]
+                    if field_name in _FIELD_LABELS:
+                        raise BundleError(f"{spec.path / MANIFEST}: {_FIELD_LABELS[field_name]} differ from the "
+                                          f"ones embedded in {g.file} (manifest edited or graph replaced; re-export)")
                     raise BundleError(f"{spec.path / MANIFEST}: {field_name} is {value} in the manifest but "
                                       f"{meta.get(key)} in {g.file} (manifest edited or graph replaced; re-export)")
             if list(inputs) != list(g.inputs) or list(outputs) != list(g.outputs):
@@ -314,7 +326,10 @@ def parse_manifest(path: Path) -> dict:
         got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise BundleError(f"{path}: format is {got!r}, expected {FORMAT!r}")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise BundleError(f"{path}: format_version must be an integer (this dlsa_prod reads {FORMAT_VERSION}), "
+                          f"got {version!r}")
+    if version > FORMAT_VERSION:
         raise BundleError(f"{path}: bundle format version {version} is newer than this dlsa_prod supports "
                           f"({FORMAT_VERSION}); upgrade dlsa_prod or re-export")
     if version < FORMAT_VERSION:
@@ -323,14 +338,18 @@ def parse_manifest(path: Path) -> dict:
     return manifest
 
 
-def read_spec(bundle: str | Path, verify: bool = True) -> BundleSpec:
-    """Read and validate a bundle; with ``verify``, check file hashes and the graphs' embedded metadata."""
+def read_spec(bundle: str | Path, verify: bool = True, require_parity: bool = True) -> BundleSpec:
+    """Read and validate a bundle; with ``verify``, check file hashes and the graphs' embedded metadata;
+    with ``require_parity`` (all but export's own gate), a parity report for every layout and backend
+    the bundle serves (an export killed during its parity check leaves none)."""
     bundle = Path(bundle)
     path = bundle / MANIFEST
     manifest = parse_manifest(path)
     validate_schema(manifest, path)
     spec = BundleSpec(bundle, manifest)
     _check_consistency(spec, path)
+    if require_parity:
+        check_parity_reports(spec, path)
     if verify:
         for name, digest in manifest["files"].items():
             f = bundle / name
@@ -340,6 +359,23 @@ def read_spec(bundle: str | Path, verify: bool = True) -> BundleSpec:
                 raise BundleError(f"{f}: sha256 mismatch (file changed or corrupted since export)")
         check_graphs(spec)
     return spec
+
+
+def check_parity_reports(spec: BundleSpec, where: Path) -> None:
+    """Every layout the bundle serves has a parity report on ONNX Runtime, on the torch backend (when the
+    bundle carries its weights) and on TensorRT (for each layout with engines)."""
+    m = spec.manifest
+    served = [("onnxruntime", m["parity"], spec.layouts)]
+    if m.get("torch"):
+        served.append(("torch", m["parity"].get("torch"), spec.layouts))
+    e = spec.engines
+    if e:
+        served.append(("tensorrt", e.parity, sorted({name.split("/")[0] for name in e.engines})))
+    for backend, reports, layouts in served:
+        for layout in layouts:
+            if not isinstance(reports, dict) or not isinstance(reports.get(layout), dict) or not reports[layout]:
+                raise BundleError(f"{where}: no parity report for the {layout} layout on {backend} (export "
+                                  f"interrupted, or manifest edited); re-export")
 
 
 def _check_consistency(spec: BundleSpec, where: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import sys
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from .errors import DLSAError
 
 
 class _Group(click.Group):
-    """Print DLSAError subclasses as one line and exit 2, without a traceback."""
+    """Print DLSAError subclasses and usage errors as one line and exit 2, without a traceback;
+    Ctrl-C prints one line and exits 130."""
 
     def invoke(self, ctx):
         try:
@@ -21,6 +23,52 @@ class _Group(click.Group):
         except DLSAError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted (nothing half-written was left behind)", err=True)
+            sys.exit(130)
+        except OSError as exc:  # a full disk, a read-only or vanished directory while writing
+            if exc.errno == errno.EPIPE:  # output piped into `head`: main() exits quietly, as click does
+                raise
+            click.echo(f"error: {os_error_line(exc)}", err=True)
+            sys.exit(2)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:  # click prints Usage / Try / Error on 3-4 lines
+            if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:  # bare `dlsa-prod`: the help
+                click.echo(exc.ctx.get_help())
+                sys.exit(0)
+            command = exc.ctx.command_path if exc.ctx is not None else "dlsa-prod"
+            click.echo(f"error: {exc.format_message().rstrip('.')} (see {command} --help)", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:  # Ctrl-C or end of input at a prompt, outside a command
+            click.echo("error: interrupted", err=True)
+            sys.exit(130)
+        except OSError as exc:
+            if exc.errno != errno.EPIPE:
+                raise
+            from click.utils import PacifyFlushWrapper
+
+            sys.stdout, sys.stderr = PacifyFlushWrapper(sys.stdout), PacifyFlushWrapper(sys.stderr)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an OSError: the file, what happened, and that earlier outputs are unchanged."""
+    from .run_dir import public_path
+
+    where = f"{public_path(exc.filename)}: " if exc.filename else ""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"{where}{what} (nothing half-written was kept and earlier outputs are unchanged; free space and re-run)"
+    return f"{where}{what}"
 
 
 def _check_json_target(path: Path | None, inputs=()) -> None:
@@ -72,7 +120,7 @@ def train(config, out, device, seed, overrides, seeds_text, force, precision, te
         extra.append("output.tensorboard=true")
     cfg = load_config(config, extra)
     out = Path(out or cfg.output.dir)
-    seeds = parse_seeds(seeds_text) if seeds_text else cfg.seeds
+    seeds = parse_seeds(seeds_text) if seeds_text is not None else cfg.seeds
     if seeds and seed is not None:
         from .errors import ConfigError
 
@@ -222,13 +270,14 @@ def bench(bundle, batches, backends, providers, allow_fallback, accept_precision
 @click.option("--features", type=click.Path(path_type=Path), help="evaluate on this feature file instead of the run's test split")
 @click.option("--bins", default=10, show_default=True, type=int,
               help="frequency bins of the confusion matrix")
-def report(run_dir, out, features, bins):
+@click.option("--force", is_flag=True, help="replace an existing report directory (only one dlsa-prod wrote)")
+def report(run_dir, out, features, bins, force):
     """PNG plots and a markdown summary of a trained run (accuracy vs frequency, routing, thresholds)."""
     from .report import write_report
     from .seeds import check_not_seeds_dir
 
     check_not_seeds_dir(run_dir)
-    path = write_report(run_dir, out, features, bins)
+    path = write_report(run_dir, out, features, bins, force=force)
     click.echo(f"report: {path / 'report.md'}")
 
 
@@ -238,7 +287,8 @@ def report(run_dir, out, features, bins):
               help="YAML with gmflow / filter / regcls / data settings (default: built-in)")
 @click.option("--device", default="cpu", type=click.Choice(["cpu", "cuda", "auto"]))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="write table.md, results.json, comparison.png here")
-def evaluate_features(feature_dirs, config_file, device, out):
+@click.option("--force", is_flag=True, help="replace an existing --out directory (only one dlsa-prod wrote)")
+def evaluate_features(feature_dirs, config_file, device, out, force):
     """Compare feature sets (research-layout directories) by how well the flow filter separates head classes."""
     from .config import read_config_tree
     from .device import resolve_device
@@ -249,8 +299,8 @@ def evaluate_features(feature_dirs, config_file, device, out):
     setup_logging()
     base = read_config_tree(config_file) if config_file else dict(DEFAULTS)
     staging = None
-    if out:  # refused before any work unless new or an earlier feature comparison
-        staging = StagingDir(Path(out), force=True, kind="feature-eval", protected_paths=[*feature_dirs, config_file])
+    if out:  # refused before any work unless new, or (--force) an earlier feature comparison
+        staging = StagingDir(Path(out), force=force, kind="feature-eval", protected_paths=[*feature_dirs, config_file])
     with staging or contextlib.nullcontext():
         dev = resolve_device(device)
         rows = [evaluate_feature_set(Path(d), base, dev) for d in feature_dirs]

@@ -23,6 +23,29 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
 from .errors import ConfigError
 from .metrics import FEW_SHOT, MANY_SHOT
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping naming the same key twice (plain YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: SafeLoader names it
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given on line {seen[key]})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str):
+    """yaml.safe_load, refusing duplicate keys (a yaml.YAMLError names the line)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
 # Values the research code (silicx/DLSA) offers but dlsa_prod does not implement, keyed by the
 # key's path below its section (``cacls.model.type`` -> "model.type"); the supported values
 # of the error message come from the field's Literal.
@@ -577,7 +600,7 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> list[tuple[str, A
             raise ConfigError(f"--set {item!r}: expected key=value (e.g. gmflow.optim.lr=0.1)")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            value = load_yaml(raw)
         except yaml.YAMLError as exc:
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise ConfigError(f"--set {item!r}: value is not valid YAML ({problem}); quote it or fix the "
@@ -617,7 +640,7 @@ def read_config_tree(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        tree = yaml.safe_load(path.read_text())
+        tree = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -644,3 +667,27 @@ def load_config(path: str | Path, overrides=()) -> RunConfig:
 
 def config_to_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+# Where a run's inputs and outputs live, and which device it runs on: the only settings of a run's
+# config.yaml that may change after training (data moved, another machine); every other setting
+# shapes the trained model and its inference, and is covered by ``settings_sha256``.
+LOCATION_KEYS = (*INPUT_PATH_KEYS, *OUTPUT_PATH_KEYS, "output", "device", "backbone.weights", "root_dir",
+                 "data_dir", "backbone_weight_path")
+
+
+def settings_sha256(cfg: RunConfig) -> str:
+    """sha256 of every setting of CFG except LOCATION_KEYS (canonical JSON, so comments, key order and
+    formatting do not count)."""
+    import hashlib
+    import json
+
+    tree = cfg.model_dump(mode="json")
+    for dotted in LOCATION_KEYS:
+        *parents, last = dotted.split(".")
+        node = tree
+        for k in parents:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()

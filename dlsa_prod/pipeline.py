@@ -50,7 +50,7 @@ def run_training(cfg: RunConfig, out: Path, force: bool = False) -> dict:
         close_handler(handler)
         staging.commit()
     except BaseException:
-        close_handler(handler)
+        close_handler(handler, discard=True)
         staging.abort()
         raise
     log.info("run written to %s", out)

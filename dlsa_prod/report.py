@@ -273,16 +273,16 @@ def summary_markdown(run: LoadedRun, s: Scored) -> str:
 
 # ----------------------------------------------------------------------------- the command
 def write_report(run_dir: str | Path, out: str | Path | None = None, features: str | Path | None = None,
-                 bins: int = 10) -> Path:
+                 bins: int = 10, force: bool = False) -> Path:
     """Write the five plots and report.md to OUT (default RUN_DIR/report); return OUT."""
     if int(bins) < 1:
         raise DLSAError(f"--bins must be at least 1, got {bins}")
     out = Path(out or Path(run_dir) / "report")
-    # an earlier report is replaced; anything else (and the run itself) is refused before any work,
-    # and nothing is created for a run that cannot be loaded
-    check_replaceable(out, "report", [run_dir, features], force=True)
+    # an earlier report is replaced only with ``force``; anything else (and the run itself) is refused
+    # before any work, and nothing is created for a run that cannot be loaded
+    check_replaceable(out, "report", [run_dir, features], force=force)
     run = load_run(run_dir)
-    with StagingDir(out, force=True, kind="report", tag="reporting", protected_paths=[run_dir, features]) as staging:
+    with StagingDir(out, force=force, kind="report", tag="reporting", protected_paths=[run_dir, features]) as staging:
         test, train = evaluation_data(run, features)
         scored = score(run, test)
         counts = np.asarray(run.meta["train_class_counts"])

@@ -2,10 +2,12 @@
 
 Layout::
 
-    .dlsa_prod          marker: {"kind": "run", version, host, pid} (``--force`` replaces only marked dirs)
+    .dlsa_prod          marker: {"kind": "run", version, host, pid, files} (``--force`` replaces only marked
+                        dirs holding nothing but the files listed there)
     config.yaml         resolved configuration (data paths absolute)
     meta.json           feature dim, classes, trained depth, train class counts, versions,
-                        sha256 of every weights file (checked on load)
+                        sha256 of every weights file and settings_sha256 of every config setting but
+                        paths and device (both checked on load: an edited setting is refused)
     model.safetensors   DLSAModel state (flows, GMM centres, thresholds, priors, classifiers)
     baseline_<LOSS>.safetensors   plain classifiers
     routing.json        per-depth thresholds and cluster priors (K x C)
@@ -19,16 +21,19 @@ Output directories (runs, bundles, reports) share three helpers:
 
 * ``check_replaceable(out, kind, protected_paths, force)`` refuses, with one line and before any
   work starts, to write over anything this package did not write (no ``.dlsa_prod`` marker of
-  that kind), the current directory, or a directory holding one of the command's inputs;
+  that kind, or a file or directory inside that the marker does not list), the current
+  directory, or a directory holding one of the command's inputs;
 * ``StagingDir(target, force, kind=..., tag=..., protected_paths=...)`` builds the output under
-  ``.NAME.<tag>-PID`` (marked at creation) and renames it into place;
-* ``remove_stale(parent)`` deletes ``.NAME.<tag>-PID`` leftovers of killed processes (only
-  marked directories whose process is gone, on this host).
+  ``.NAME.<tag>-PID`` (marked at creation), lists its files in the marker and renames it into place;
+* ``remove_stale(parent)`` cleans ``.NAME.<tag>-PID`` leftovers of killed processes (only
+  marked directories whose process is gone, on this host): a ``.NAME.old-PID`` whose NAME is
+  missing (a kill between the two final renames) is renamed back to NAME, the rest are deleted.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -41,7 +46,7 @@ import torch
 import yaml
 
 from . import __version__
-from .config import RunConfig, config_from_dict, config_to_yaml
+from .config import RunConfig, config_from_dict, config_to_yaml, load_yaml, settings_sha256
 from .errors import RunDirError
 from .bundle_spec import sha256_file
 from .models import DLSAModel, FeatureClassifier
@@ -49,30 +54,96 @@ from .models import DLSAModel, FeatureClassifier
 REQUIRED = ("config.yaml", "meta.json", "model.safetensors")
 MARKER = ".dlsa_prod"
 STAGING_TAGS = ("partial", "exporting", "reporting", "old")
+log = logging.getLogger("dlsa_prod")
 _STAGING_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<tag>[a-z]+)-(?P<pid>\d+)$")
 
 
-def write_json(path: Path, obj) -> None:
+def write_atomic(path: Path, write) -> None:
+    """``write(tmp)`` into a temporary file next to PATH, then rename it to PATH; on any failure (a
+    full disk included) the temporary file is removed and PATH is left as it was."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # Path.write_text names no file
+            exc.filename = str(path)
+        raise
+
+
+def public_path(path: str | Path) -> Path:
+    """PATH with a staging component ``.NAME.<tag>-PID`` shown as the NAME it becomes (for messages)."""
+    parts = [m["name"] if (m := _STAGING_NAME.match(part)) else part for part in Path(path).parts]
+    return Path(*parts) if parts else Path(path)
+
+
+def write_json(path: Path, obj) -> None:
+    text = json.dumps(obj, indent=2)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def save_module(module: torch.nn.Module, path: Path) -> None:
-    """Write a module's state as safetensors (temp file, then rename)."""
+    """Write a module's state as safetensors (temp file, then rename).  A write error (safetensors
+    reports it as SafetensorError) comes back as OSError with its errno, e.g. ENOSPC."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(state, str(tmp))
+        except SafetensorError as exc:
+            code = re.search(r"os error (\d+)", str(exc))
+            if code is None:
+                raise
+            raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
+
+    write_atomic(path, write)
 
 
 # ----------------------------------------------------------------------------- output directories
-def write_marker(directory: Path, kind: str) -> None:
-    """Mark DIRECTORY as written by dlsa_prod (``kind``: run, bundle, report ...)."""
+def write_marker(directory: Path, kind: str, files: list[str] | None = None) -> None:
+    """Mark DIRECTORY as written by dlsa_prod (``kind``: run, bundle, report ...); FILES: the paths
+    (relative, POSIX) of everything inside that this package wrote (``--force`` replaces nothing else)."""
     write_json(Path(directory) / MARKER, {"kind": kind, "dlsa_prod_version": __version__,
-                                          "host": socket.gethostname(), "pid": os.getpid()})
+                                          "host": socket.gethostname(), "pid": os.getpid(),
+                                          "files": sorted(files or [])})
+
+
+def list_tree(directory: Path) -> list[str]:
+    """Relative POSIX paths of every file and directory under DIRECTORY, except the top marker."""
+    directory = Path(directory)
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
+                  if p.relative_to(directory).as_posix() != MARKER)
+
+
+def first_foreign(directory: Path) -> Path | None:
+    """The first file or directory inside marked DIRECTORY that its marker does not list (a
+    subdirectory with its own marker, e.g. RUN/bundle, is checked against its own list); None if none."""
+    directory = Path(directory)
+    marker = read_marker(directory) or {}
+    listed = set(marker.get("files") or [])
+
+    def walk(d: Path) -> Path | None:
+        for entry in sorted(d.iterdir()):
+            rel = entry.relative_to(directory).as_posix()
+            if rel == MARKER:
+                continue
+            real_dir = entry.is_dir() and not entry.is_symlink()
+            if rel in listed and not entry.is_symlink():
+                found = walk(entry) if real_dir else None
+            elif real_dir and read_marker(entry) is not None:  # written by a later command (RUN/bundle)
+                found = None if _STAGING_NAME.match(entry.name) else first_foreign(entry)  # or its leftover
+            else:
+                return entry
+            if found is not None:
+                return found
+        return None
+
+    return walk(directory)
 
 
 def read_marker(directory: Path) -> dict | None:
@@ -120,6 +191,13 @@ def check_replaceable(out: str | Path, kind: str, protected_paths: Iterable[str 
                           f"directories are replaced, remove or rename it yourself")
     if marker["kind"] != kind:
         raise RunDirError(f"{out}: is a dlsa-prod {marker['kind']} directory, not a {kind}; refusing to replace it")
+    if "files" not in marker and any(p.name != MARKER for p in out.iterdir()):
+        raise RunDirError(f"{out}: its {MARKER} marker lists no files (written by an older dlsa-prod), so what "
+                          f"inside is yours is unknown; remove or rename it yourself")
+    foreign = first_foreign(out)
+    if foreign is not None:
+        raise RunDirError(f"{foreign}: was not written by dlsa-prod; --force replaces {out} only when it holds "
+                          f"nothing else: move it out first")
     return out
 
 
@@ -145,12 +223,17 @@ def remove_stale(parent: str | Path, tags: Iterable[str] = STAGING_TAGS) -> list
     if not parent.is_dir():
         return removed
     host = socket.gethostname()
-    for entry in parent.iterdir():
+    for entry in sorted(parent.iterdir(), key=lambda e: ".old-" not in e.name):  # restorable ones first
         m = _STAGING_NAME.match(entry.name)
         if m is None or m["tag"] not in tags or entry.is_symlink() or not entry.is_dir():
             continue
         marker = read_marker(entry)
         if marker is None or marker.get("host", host) != host or not _process_gone(int(m["pid"])):
+            continue
+        target = parent / m["name"]
+        if m["tag"] == "old" and not target.exists() and not target.is_symlink():
+            os.replace(entry, target)  # killed between the two renames of commit(): put the previous one back
+            log.warning("%s: restored from %s, left by a process killed while replacing it", target, entry.name)
             continue
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
@@ -199,6 +282,7 @@ class StagingDir:
 
     def commit(self) -> Path:
         check_replaceable(self.target, self.kind, self.protected, self.force)  # nothing appeared meanwhile
+        write_marker(self.path, self.kind, list_tree(self.path))
         old = None
         if self.target.exists():
             old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
@@ -229,12 +313,12 @@ class StagingDir:
 def save_run(path: Path, cfg: RunConfig, meta: dict, model: DLSAModel, baselines: dict[str, FeatureClassifier],
              metrics: dict) -> None:
     """Write a run's files into PATH; meta.json records the sha256 of every weights file in PATH."""
-    (path / "config.yaml").write_text(config_to_yaml(cfg))
+    write_atomic(path / "config.yaml", lambda tmp: tmp.write_text(config_to_yaml(cfg)))
     save_module(model, path / "model.safetensors")
     for loss, clf in baselines.items():
         save_module(clf, path / f"baseline_{loss}.safetensors")
     weights = {f.name: sha256_file(f) for f in sorted(path.glob("*.safetensors"))}
-    write_json(path / "meta.json", {**meta, "sha256": weights})
+    write_json(path / "meta.json", {**meta, "sha256": weights, "settings_sha256": settings_sha256(cfg)})
     write_json(path / "routing.json", {
         "thresholds": model.thresholds,
         "cluster_priors": [s.cluster_prior.cpu().tolist() for s in model.stages],
@@ -256,21 +340,28 @@ class LoadedRun:
 def read_run_meta(path: str | Path) -> tuple[RunConfig, dict]:
     """(config, meta) of a run directory, with one-line errors for missing or unreadable files."""
     path = Path(path)
+    if not path.exists():
+        remove_stale(path.parent, tags=("old",))  # a kill while replacing it: restore the previous run
     if not path.is_dir():
         raise RunDirError(f"{path}: run directory not found")
     for name in REQUIRED:
         if not (path / name).is_file():
             raise RunDirError(f"{path / name}: missing (not a complete dlsa-prod run directory)")
     try:
-        tree = yaml.safe_load((path / "config.yaml").read_text())
+        tree = load_yaml((path / "config.yaml").read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise RunDirError(f"{path / 'config.yaml'}: unreadable ({str(exc).splitlines()[0]})") from None
+        raise RunDirError(f"{path / 'config.yaml'}: unreadable ({' '.join(str(exc).split())})") from None
     cfg = config_from_dict(tree, str(path / "config.yaml"))
     try:
         meta = json.loads((path / "meta.json").read_text())
         int(meta["dim"]), int(meta["num_classes"]), int(meta["depth"])
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
         raise RunDirError(f"{path / 'meta.json'}: unreadable ({exc})") from None
+    recorded = meta.get("settings_sha256")  # absent in runs written before it was recorded
+    if recorded is not None and recorded != settings_sha256(cfg):
+        raise RunDirError(f"{path / 'config.yaml'}: settings differ from the ones this run was trained with "
+                          f"(settings_sha256 in meta.json); only data paths, output and device may be edited: "
+                          f"re-train to change the model")
     return cfg, meta
 
 

@@ -16,6 +16,8 @@ once, and works through large inputs in chunks of ``chunk_rows`` rows so memory 
 
 from __future__ import annotations
 
+import difflib
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,16 +49,49 @@ def softmax_into(z: np.ndarray, out: np.ndarray) -> None:
     out /= out.sum(axis=1, keepdims=True)
 
 
+# keyword options each backend's loader reads, beyond Runtime's own arguments
+BACKEND_OPTIONS = {"onnxruntime": ("fp16", "spinning"), "tensorrt": ("memory", "cuda_graphs", "warmup", "precision"),
+                   "torch": ("device", "cuda_graphs", "max_bucket", "model")}
+RUNTIME_ARGUMENTS = ("layout", "providers", "threads", "backend", "allow_fallback", "chunk_rows")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_arguments(backend: str, providers, threads, chunk_rows, options: dict) -> None:
+    """Refuse (DLSAError, one line) keyword arguments the chosen backend does not read (a typo such as
+    ``provider=`` would otherwise run on the default device), and ``threads`` / ``chunk_rows`` that are
+    not integers in range."""
+    if not _is_int(threads) or threads < 0:
+        raise DLSAError(f"Runtime: threads must be a non-negative integer (0 = all CPUs), got {threads!r}")
+    if not _is_int(chunk_rows) or chunk_rows < 1:
+        raise DLSAError(f"Runtime: chunk_rows must be a positive integer, got {chunk_rows!r}")
+    known = BACKEND_OPTIONS.get(backend)
+    if known is None:
+        return  # an unknown or out-of-process backend: load_executor names it
+    if providers is not None and backend != "onnxruntime":
+        raise DLSAError(f"Runtime: providers= applies to backend 'onnxruntime' only, not {backend!r}")
+    for name in options:
+        if name not in known:
+            accepted = (*RUNTIME_ARGUMENTS, *known)
+            owners = [b for b, opts in BACKEND_OPTIONS.items() if name in opts]
+            close = difflib.get_close_matches(name, accepted, 1)
+            hint = (f" (an option of backend {owners[0]!r})" if owners else
+                    f" (did you mean {close[0]!r}?)" if close else "")
+            raise DLSAError(f"Runtime: unknown argument {name!r} for backend {backend!r}{hint}; "
+                            f"accepted: {', '.join(accepted)}")
+
+
 class Runtime:
     def __init__(self, bundle: str | Path | BundleSpec, layout: str | None = None, providers=None, threads: int = 0,
                  backend: str = "onnxruntime", allow_fallback: bool = False, chunk_rows: int = DEFAULT_CHUNK_ROWS,
                  **options):
+        check_arguments(backend, providers, threads, chunk_rows, options)
         self.spec = bundle if isinstance(bundle, BundleSpec) else read_spec(bundle)
         self.bundle = self.spec.path
         self.layout = layout or ("staged" if "staged" in self.spec.layouts else self.spec.layouts[0])
         self.spec.graphs(self.layout)  # one-line error for a layout the bundle lacks
-        if chunk_rows < 1:
-            raise DLSAError(f"chunk_rows must be a positive integer, got {chunk_rows}")
         self.chunk_rows = int(chunk_rows)
         self.backend = backend
         self.dim, self.depth = self.spec.dim, self.spec.depth

@@ -141,3 +141,109 @@ def test_json_output_never_overwrites_an_input(tmp_path):
     res = CliRunner().invoke(main, ["eval", str(run), "--features", str(feats), "--json", str(feats)])
     _one_line_error(res, "f.npz: is ", "an input of this command")
     assert (run / "metrics.json").read_text() == "{}" and feats.read_bytes() == before
+
+
+# ----------------------------------------------------------------------------- Runtime arguments
+@pytest.mark.parametrize("kwargs, message", [
+    ({"provider": ["cuda"]}, "unknown argument 'provider' for backend 'onnxruntime' (did you mean 'providers'?)"),
+    ({"device": "cuda"}, "unknown argument 'device' for backend 'onnxruntime' (an option of backend 'torch')"),
+    ({"backend": "torch", "providers": ["cuda"]}, "providers= applies to backend 'onnxruntime' only"),
+    ({"backend": "torch", "memory": None}, "unknown argument 'memory' for backend 'torch'"),
+    ({"threads": -1}, "threads must be a non-negative integer (0 = all CPUs), got -1"),
+    ({"threads": "x"}, "threads must be a non-negative integer (0 = all CPUs), got 'x'"),
+    ({"threads": True}, "threads must be a non-negative integer"),
+    ({"chunk_rows": 2.5}, "chunk_rows must be a positive integer, got 2.5"),
+    ({"chunk_rows": 0}, "chunk_rows must be a positive integer, got 0"),
+])
+def test_runtime_refuses_unknown_or_invalid_arguments(tmp_path, kwargs, message):
+    from dlsa_prod.runtime import Runtime
+
+    with pytest.raises(DLSAError) as err:  # checked before the bundle is read: no bundle needed
+        Runtime(tmp_path / "no_bundle", **kwargs)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_runtime_accepts_each_backends_own_options():
+    from dlsa_prod.runtime import check_arguments
+
+    check_arguments("onnxruntime", ["cpu"], np.int64(2), 8, {"fp16": False, "spinning": False})
+    check_arguments("torch", None, 0, 8, {"device": "cpu", "cuda_graphs": False, "max_bucket": 64, "model": None})
+    check_arguments("tensorrt", None, 0, 8, {"memory": None, "cuda_graphs": True, "warmup": True, "precision": None})
+
+
+# ----------------------------------------------------------------------------- YAML, --seeds, usage, Ctrl-C
+def test_duplicate_yaml_keys_are_refused(cfg_file, tmp_path):
+    text = cfg_file.read_text()
+    cfg_file.write_text(text + "seed: 3\n")  # seed: 0 is already there
+    res = CliRunner().invoke(main, ["train", str(cfg_file), "--out", str(tmp_path / "r")])
+    _one_line_error(res, "c.yaml: not valid YAML (line", "duplicate key 'seed' (first given on line")
+    cfg_file.write_text(text.replace("gmflow:\n", "gmflow:\n  eval_freq: 1\n  eval_freq: 2\n"))
+    res = CliRunner().invoke(main, ["train", str(cfg_file), "--out", str(tmp_path / "r")])
+    _one_line_error(res, "duplicate key 'eval_freq'")
+    cfg_file.write_text(text)
+    res = CliRunner().invoke(main, ["train", str(cfg_file), "--out", str(tmp_path / "r"),
+                                    "--set", "gmflow.optim={lr: 1, lr: 2}"])
+    _one_line_error(res, "--set", "duplicate key 'lr'")
+    assert not (tmp_path / "r").exists()
+
+
+def test_empty_seeds_is_refused(cfg_file, tmp_path):
+    res = CliRunner().invoke(main, ["train", str(cfg_file), "--out", str(tmp_path / "r"), "--seeds", ""])
+    _one_line_error(res, "--seeds '': expected distinct comma-separated integers")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bogus"], "error: No such command 'bogus' (see dlsa-prod --help)"),
+    (["train"], "error: Missing argument 'CONFIG' (see dlsa-prod train --help)"),
+    (["eval", "run", "--device", "tpu"], "error: Invalid value for '--device': 'tpu' is not one of"),
+    (["bench", "b", "--nope"], "error: No such option"),
+])
+def test_usage_errors_are_one_line(args, message):
+    res = CliRunner().invoke(main, args, prog_name="dlsa-prod")
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and res.output.startswith(message), res.output
+
+
+def test_help_and_version_still_work():
+    res = CliRunner().invoke(main, [], prog_name="dlsa-prod")
+    assert res.exit_code == 0 and "Usage: dlsa-prod" in res.output and "train" in res.output
+    res = CliRunner().invoke(main, ["--version"], prog_name="dlsa-prod")
+    assert res.exit_code == 0 and "version" in res.output
+
+
+def test_ctrl_c_exits_130_with_one_line(cfg_file, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tree = yaml.safe_load(cfg_file.read_text())
+    tree["gmflow"]["optim"]["epoch"] = 100000  # still training when interrupted
+    cfg_file.write_text(yaml.safe_dump(tree))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dlsa_prod.cli", "train", str(cfg_file), "--out",
+                             str(tmp_path / "r")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 60
+    while not [p for p in tmp_path.iterdir() if p.name.startswith(".r.partial-")] and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "error: interrupted (nothing half-written was left behind)"
+    assert "Traceback" not in err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".r.") or p.name == "r"]
+
+
+def test_output_into_a_closed_pipe_exits_quietly():
+    """`dlsa-prod info | head -1`: the closed pipe is no error line and no traceback (exit 1, as click does)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "dlsa_prod.cli", "info"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read()
+    proc.wait(timeout=120)
+    proc.stderr.close()
+    assert proc.returncode == 1 and err == "", err

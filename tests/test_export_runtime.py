@@ -183,7 +183,9 @@ def test_bad_bundles(trained, tmp_path):
     b = _copy(trained, tmp_path)
     m = json.loads((b / "manifest.json").read_text())
     for key, value, match in [("format_version", 99, "format version 99 is newer"),
-                              ("format_version", 1, "format version 1 is older.*re-export")]:
+                              ("format_version", 1, "format version 1 is older.*re-export"),
+                              ("format_version", "3", "format_version must be an integer \\(this dlsa_prod reads "
+                                                      "3\\), got '3'")]:
         (b / "manifest.json").write_text(json.dumps({**m, key: value}))
         with pytest.raises(BundleError, match=match):
             Runtime(b)
@@ -204,7 +206,7 @@ def test_bad_bundles(trained, tmp_path):
         Runtime(b, layout="fused")
 
 
-@pytest.mark.parametrize("edit", ["thresholds", "depth", "num_classes", "io"])
+@pytest.mark.parametrize("edit", ["thresholds", "depth", "num_classes", "io", "names", "train_counts"])
 def test_edited_manifest_is_refused_by_the_graph_metadata(trained, tmp_path, edit):
     b = _copy(trained, tmp_path)
     m = json.loads((b / "manifest.json").read_text())
@@ -214,10 +216,15 @@ def test_edited_manifest_is_refused_by_the_graph_metadata(trained, tmp_path, edi
         m["depth"], m["thresholds"] = 1, m["thresholds"][:1]
     elif edit == "num_classes":
         m["classes"]["num_classes"] = 7
+    elif edit == "names":  # returned to clients by the HTTP example
+        m["classes"]["names"] = [f"class {i}" for i in range(6)]
+    elif edit == "train_counts":
+        m["classes"]["train_counts"][0] += 1
     else:
         m["layouts"]["staged"]["graphs"]["regular"]["inputs"][0]["name"] = "features"
     (b / "manifest.json").write_text(json.dumps(m))
-    what = {"io": "the IO of graph regular differs"}.get(edit, f"{edit} is")
+    what = {"io": "the IO of graph regular differs", "names": r"classes \(names, train_counts, shot_groups\) differ",
+            "train_counts": r"classes \(names, train_counts, shot_groups\) differ"}.get(edit, f"{edit} is")
     with pytest.raises(BundleError, match=what) as exc:
         Runtime(b)
     assert "re-export" in str(exc.value) and "\n" not in str(exc.value)
@@ -280,3 +287,40 @@ def test_cli_export_and_bench(trained, tmp_path):
     assert {r.get("layout") for r in rows} == {None, "fused", "staged"}  # eager from the bundle's parent run
     staged = [r for r in rows if r.get("layout") == "staged"]
     assert all(abs(sum(r["stage_share"].values()) - 1) < 1e-6 for r in staged)
+
+
+@pytest.mark.parametrize("drop", ["fused", "staged", "torch", "tensorrt"])
+def test_a_bundle_missing_a_parity_report_does_not_load(trained, tmp_path, drop):
+    b = _copy(trained, tmp_path)
+    m = json.loads((b / "manifest.json").read_text())
+    assert m["engines"]["parity"]  # the fixture bundle has (fake) TensorRT engines
+    if drop == "torch":
+        del m["parity"]["torch"]["staged"]
+    elif drop == "tensorrt":
+        m["engines"]["parity"] = {}
+    else:
+        del m["parity"][drop]
+    (b / "manifest.json").write_text(json.dumps(m))
+    layout, backend = {"torch": ("staged", "torch"), "tensorrt": ("fused", "tensorrt")}.get(drop, (drop, "onnxruntime"))
+    with pytest.raises(BundleError, match=f"no parity report for the {layout} layout on {backend} "
+                                          r"\(export interrupted, or manifest edited\); re-export"):
+        Runtime(b)
+    res = CliRunner().invoke(main, ["bench", str(b), "--duration", "0.05"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "no parity report" in res.output
+
+
+def test_an_export_killed_during_its_parity_check_leaves_nothing_loadable(trained, tmp_path):
+    script = f"""
+import os
+from dlsa_prod.export import bundle
+bundle._gate = lambda *a, **k: os._exit(9)  # killed while the parity gate runs
+bundle.export_bundle({str(trained["run"])!r}, {str(tmp_path / "bundle")!r})
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 9, proc.stderr
+    hidden = [p for p in tmp_path.iterdir() if p.name.startswith(".bundle.exporting-")]
+    assert len(hidden) == 1 and json.loads((hidden[0] / "manifest.json").read_text())["parity"] == {}
+    with pytest.raises(BundleError, match="no parity report for the fused layout on onnxruntime"):
+        Runtime(hidden[0])
+    res = CliRunner().invoke(main, ["bench", str(hidden[0]), "--duration", "0.05"])
+    assert res.exit_code == 2 and "no parity report" in res.output

@@ -217,6 +217,12 @@ def test_evaluate_features(image_run, tmp_path):
     rows = json.loads((tmp_path / "fe" / "results.json").read_text())
     assert rows[0]["dim"] == 128 and 0 <= rows[0]["train_cluster_purity"] <= 1
     assert (tmp_path / "fe" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "fe" / "notes.md").write_text("mine")  # replaced only with --force, and never a user's file
+    for extra in ([], ["--force"]):
+        res = CliRunner().invoke(main, ["evaluate-features", str(cache), "--out", str(tmp_path / "fe"), *extra])
+        assert res.exit_code == 2 and res.output.count("\n") == 1
+        assert ("use --force" if not extra else "notes.md: was not written by dlsa-prod") in res.output
+    assert (tmp_path / "fe" / "notes.md").read_text() == "mine"
 
 
 def test_report_and_eval_on_an_image_run(image_run, tmp_path):

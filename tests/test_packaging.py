@@ -3,12 +3,15 @@ clean virtual environment, and runs from there; the version is defined once.
 
 The wheel is built with DLSA_PROD_NATIVE=0 (no C++ compile, a few seconds): the extension build
 itself is covered by the editable install that every other native test runs on, and by ctest.
-The venv sees the system site-packages for the dependencies (torch etc.), but dlsa_prod must come
-from the wheel, not from the source tree."""
+The venv sees the site-packages of the interpreter running the tests for the dependencies (torch
+etc.), whether that is the system interpreter or a user's venv (``--system-site-packages`` would
+show a venv's *base* interpreter instead, without torch); dlsa_prod must come from the wheel, not
+from the source tree."""
 
 import os
 import re
 import shutil
+import site
 import subprocess
 import sys
 import zipfile
@@ -64,10 +67,44 @@ def test_wheel_carries_package_data_and_requirements(wheel):
     assert "dlsa-prod = dlsa_prod.cli:main" in entry_points
 
 
+def dependency_site_dirs() -> list[str]:
+    """The site-packages directories of the interpreter running the tests (a venv's own, and its base's
+    when the venv was made with --system-site-packages), and the user site when it is enabled."""
+    dirs = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    return [d for d in dict.fromkeys(dirs) if Path(d).is_dir()]
+
+
+def make_venv_seeing_this_interpreter(venv: Path) -> Path:
+    """A venv whose own site-packages comes first, followed by this interpreter's (a .pth file that
+    runs site.addsitedir, so their .pth files work as they do here); returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    lines = [f"import site; site.addsitedir({d!r})" for d in dependency_site_dirs()]
+    (Path(own) / "_dependencies_of_the_test_interpreter.pth").write_text("\n".join(lines) + "\n")
+    return python
+
+
+def test_the_test_venv_sees_this_interpreters_packages(tmp_path):
+    """Run from a venv (as most users do), the wheel's venv must see that venv's torch, not the base's."""
+    python = make_venv_seeing_this_interpreter(tmp_path / "venv")
+    res = subprocess.run([str(python), "-c", "import sys, torch, pip; print(sys.prefix); print(torch.__file__)"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    prefix, torch_file = res.stdout.strip().splitlines()[-2:]
+    assert Path(prefix) == tmp_path / "venv"
+    import torch
+
+    assert Path(torch_file).resolve() == Path(torch.__file__).resolve()  # the very torch this run uses
+
+
 def test_wheel_installs_and_runs_in_a_clean_venv(wheel, tmp_path):
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
+    python = make_venv_seeing_this_interpreter(venv)
     _pip(python, "install", "--no-deps", "--no-index", str(wheel))
     # hide a host editable install of dlsa_prod (its import hook would serve dlsa_prod._C from the tree)
     code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
