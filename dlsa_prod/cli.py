@@ -11,6 +11,7 @@ import click
 
 from .backends import loadable
 from .errors import DLSAError
+from .precisions import ENGINE_PRECISIONS, TRAIN_PRECISIONS
 
 
 class _Group(click.Group):
@@ -100,7 +101,7 @@ def main():
 @click.option("--seeds", "seeds_text", metavar="S1,S2,...",
               help="run the whole comparison once per seed (OUT/seed_<s>/) and report mean +- std")
 @click.option("--force", is_flag=True, help="replace an existing output directory")
-@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16"]), help="overrides the config's training precision")
+@click.option("--precision", type=click.Choice(TRAIN_PRECISIONS), help="overrides the config's training precision")
 @click.option("--tensorboard", is_flag=True, help="also write a TensorBoard log to RUN/tensorboard (output.tensorboard)")
 def train(config, out, device, seed, overrides, seeds_text, force, precision, tensorboard):
     """Train DLSA (and the plain baseline classifiers) from CONFIG.yaml; print the metrics table."""
@@ -205,7 +206,7 @@ def eval_cmd(run_dir, feature_file, device, json_out):
 @click.option("--trt", is_flag=True, help="also build native TensorRT engines (needs the staged layout, TensorRT, a GPU)")
 @click.option("--trt-batches", default="1,64,256", show_default=True,
               help="batch sizes for the TensorRT profile, or a profile name: online, batch, offline")
-@click.option("--precision", type=click.Choice(["fp32", "tf32", "fp16"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(ENGINE_PRECISIONS), default="fp32", show_default=True,
               help="TensorRT engine precision (fp32 clears TensorRT's TF32 flag)")
 @click.option("--triton", "triton_dir", type=click.Path(file_okay=False, path_type=Path),
               help="also write a Triton model repository for the fused graph here")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import load_executor
+from .backends import BACKENDS, load_executor
 from .backends.layouts import Timer
 from .bundle_spec import BundleSpec, read_spec
 from .errors import DLSAError
@@ -50,8 +50,7 @@ def softmax_into(z: np.ndarray, out: np.ndarray) -> None:
 
 
 # keyword options each backend's loader reads, beyond Runtime's own arguments
-BACKEND_OPTIONS = {"onnxruntime": ("fp16", "spinning"), "tensorrt": ("memory", "cuda_graphs", "warmup", "precision"),
-                   "torch": ("device", "cuda_graphs", "max_bucket", "model")}
+BACKEND_OPTIONS = {name: b.options for name, b in BACKENDS.items()}
 RUNTIME_ARGUMENTS = ("layout", "providers", "threads", "backend", "allow_fallback", "chunk_rows")
 
 

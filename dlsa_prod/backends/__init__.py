@@ -37,6 +37,7 @@ class Backend:
     builder: str | None = None  # (target, spec, options) -> manifest fragment
     requires: tuple[str, ...] = ()  # modules it needs importable
     export_option: str | None = None  # the export CLI option that builds it
+    options: tuple[str, ...] = ()  # keyword options its loader reads (``Runtime(..., **options)``)
 
     def is_available(self) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in self.requires)
@@ -55,15 +56,16 @@ class Backend:
 
 BACKENDS = {
     "onnxruntime": Backend("onnxruntime", "ONNX Runtime sessions (providers cpu, cuda, tensorrt)",
-                           loader="dlsa_prod.backends.ort:load", requires=("onnxruntime",)),
+                           loader="dlsa_prod.backends.ort:load", requires=("onnxruntime",),
+                           options=("fp16", "spinning", "accept_precision_loss")),
     "tensorrt": Backend("tensorrt", "native TensorRT engines", loader="dlsa_prod.backends.tensorrt_runner:load",
                         builder="dlsa_prod.backends.tensorrt_build:build", requires=("tensorrt", "torch"),
-                        export_option="--trt"),
+                        export_option="--trt", options=("memory", "cuda_graphs", "warmup", "precision")),
     "triton": Backend("triton", "Triton Inference Server model repository",
                       builder="dlsa_prod.backends.triton:build", export_option="--triton DIR"),
     "torch": Backend("torch", "the PyTorch cascade (CUDA graphs per batch bucket on GPU)",
                      loader="dlsa_prod.backends.torch_backend:load", builder="dlsa_prod.backends.torch_backend:build",
-                     requires=("torch",)),
+                     requires=("torch",), options=("device", "cuda_graphs", "max_bucket", "model", "graph_capture_with")),
 }
 
 

@@ -25,7 +25,7 @@ from ..bundle_spec import BATCH, BundleSpec, GraphSpec, package_data
 from ..errors import DLSAError
 
 log = logging.getLogger("dlsa_prod")
-PRECISIONS = ("fp32", "tf32", "fp16")
+from ..precisions import ENGINE_PRECISIONS
 DEFAULT_WORKSPACE = 2 << 30  # bytes
 
 
@@ -104,13 +104,13 @@ def timing_cache_path(trt, cc: str, device: str) -> Path:
     return user_cache_dir() / "tensorrt" / f"timing-{trt.__version__}-sm{cc}-{device_slug(device)}.cache"
 
 
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise DLSAError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+def check_engine_precision(precision: str) -> None:
+    if precision not in ENGINE_PRECISIONS:
+        raise DLSAError(f"--precision must be one of {', '.join(ENGINE_PRECISIONS)}, got {precision!r}")
 
 
 def set_precision(trt, config, precision: str) -> None:
-    check_precision(precision)
+    check_engine_precision(precision)
     has_tf32 = hasattr(trt.BuilderFlag, "TF32")
     if precision == "fp32":
         if has_tf32:

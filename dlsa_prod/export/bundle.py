@@ -76,9 +76,9 @@ def check_options(layouts, trt: TrtOptions | None, triton: bool) -> None:
         if "staged" not in layouts and SINGLE not in layouts:
             raise DLSAError("--trt builds engines for the staged graphs: export with --layout staged or both")
         from ..backends.device_memory import default_memory
-        from ..backends.tensorrt_build import batch_profile, check_precision, import_tensorrt
+        from ..backends.tensorrt_build import batch_profile, check_engine_precision, import_tensorrt
 
-        check_precision(trt.precision)
+        check_engine_precision(trt.precision)
         batch_profile(trt.batches)
         import_tensorrt()
         if trt.memory is None:

@@ -12,7 +12,7 @@ import contextvars
 from dataclasses import dataclass, field
 
 from ..distributed import DistContext, current
-from .precision import check_precision
+from .precision import check_train_precision
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class TrainOptions:
     dist: DistContext = field(default_factory=DistContext)
 
     def __post_init__(self):
-        check_precision(self.precision)
+        check_train_precision(self.precision)
 
     @classmethod
     def from_config(cls, cfg) -> "TrainOptions":

@@ -18,18 +18,18 @@ import contextlib
 
 import torch
 
-PRECISIONS = ("fp32", "tf32", "bf16")
+from ..precisions import TRAIN_PRECISIONS
 
 
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+def check_train_precision(precision: str) -> str:
+    if precision not in TRAIN_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(TRAIN_PRECISIONS)}, got {precision!r}")
     return precision
 
 
 def forward_autocast(precision: str, device: torch.device):
     """Context for a training forward pass: bf16 autocast, or nothing."""
-    if check_precision(precision) == "bf16":
+    if check_train_precision(precision) == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -37,7 +37,7 @@ def forward_autocast(precision: str, device: torch.device):
 @contextlib.contextmanager
 def matmul_precision(precision: str, device: torch.device):
     """Allow TF32 CUDA matmuls/convolutions for the block (``tf32`` on CUDA only; process-wide)."""
-    if check_precision(precision) != "tf32" or device.type != "cuda":
+    if check_train_precision(precision) != "tf32" or device.type != "cuda":
         yield
         return
     knobs = [k for k in (torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None))
