@@ -32,7 +32,10 @@ from pathlib import Path
 from .errors import DLSAError
 
 FORMAT = "dlsa-bundle"
-FORMAT_VERSION = 3  # 3: graphs embed classes_sha256 (class names, train counts, shot groups)
+# 3: graphs embed classes_sha256 (class names, train counts, shot groups); each backend's build output is
+#    one entry of "artifacts" (2 had top-level "torch" and "engines")
+FORMAT_VERSION = 3
+OLDEST_READ_VERSION = 2  # read after ``upgrade_manifest`` (its graphs carry no classes hash)
 MANIFEST = "manifest.json"
 BUNDLE_KIND = "bundle"  # the run_dir marker kind of a bundle directory
 LAYOUTS = ("fused", "staged", "single")
@@ -194,14 +197,18 @@ class BundleSpec:
 
         return InputGuard.from_dict(self.manifest.get("input_guard"))
 
+    def artifact(self, backend: str) -> dict | None:
+        """What BACKEND's build step wrote into the bundle (its manifest fragment), or None."""
+        return self.manifest["artifacts"].get(backend)
+
     @property
     def engines(self) -> EnginesSpec | None:
-        e = self.manifest.get("engines")
+        e = self.artifact("tensorrt")
         return EnginesSpec.from_dict(e) if e else None
 
     @property
     def torch_dir(self) -> Path | None:
-        t = self.manifest.get("torch")
+        t = self.artifact("torch")
         return self.path / t["dir"] if t else None
 
     def content_hash(self) -> str:
@@ -234,13 +241,14 @@ class BundleSpec:
 # ----------------------------------------------------------------------------- graph metadata
 def graph_metadata(manifest: dict, layout: str, name: str) -> dict[str, str]:
     """What export embeds in each ONNX graph's metadata_props (and reading cross-checks)."""
-    return {f"{METADATA_PREFIX}format_version": str(FORMAT_VERSION), f"{METADATA_PREFIX}layout": layout,
+    version = manifest.get("format_version", FORMAT_VERSION)
+    return {f"{METADATA_PREFIX}format_version": str(version), f"{METADATA_PREFIX}layout": layout,
             f"{METADATA_PREFIX}graph": name, f"{METADATA_PREFIX}depth": str(manifest["depth"]),
             f"{METADATA_PREFIX}thresholds": json.dumps([float(t) for t in manifest["thresholds"]]),
             f"{METADATA_PREFIX}num_classes": str(manifest["classes"]["num_classes"]),
             f"{METADATA_PREFIX}dim": str(manifest["input"]["dim"]),
             f"{METADATA_PREFIX}source": manifest["source"]["model"],
-            f"{METADATA_PREFIX}classes_sha256": classes_sha256(manifest["classes"]),
+            **({f"{METADATA_PREFIX}classes_sha256": classes_sha256(manifest["classes"])} if version >= 3 else {}),
             # optional (bundles before the input guard have none): the guard's quantiles, so an edit is refused
             **({f"{METADATA_PREFIX}input_guard": json.dumps(manifest["input_guard"], sort_keys=True)}
                if manifest.get("input_guard") else {})}
@@ -332,10 +340,22 @@ def parse_manifest(path: Path) -> dict:
     if version > FORMAT_VERSION:
         raise BundleError(f"{path}: bundle format version {version} is newer than this dlsa_prod supports "
                           f"({FORMAT_VERSION}); upgrade dlsa_prod or re-export")
-    if version < FORMAT_VERSION:
+    if version < OLDEST_READ_VERSION:
         raise BundleError(f"{path}: bundle format version {version} is older than this dlsa_prod reads "
-                          f"({FORMAT_VERSION}); re-export it with `dlsa-prod export`")
-    return manifest
+                          f"({OLDEST_READ_VERSION}..{FORMAT_VERSION}); re-export it with `dlsa-prod export`")
+    return upgrade_manifest(manifest)
+
+
+def upgrade_manifest(manifest: dict) -> dict:
+    """A version-2 manifest in version 3's shape (in memory only; ``format_version`` stays 2, so its
+    graphs are checked against what version 2 embedded): top-level ``torch`` and ``engines`` move
+    under ``artifacts``."""
+    if manifest["format_version"] >= 3:
+        return manifest
+    m = {k: v for k, v in manifest.items() if k not in ("torch", "engines")}
+    m["artifacts"] = {name: manifest[key] for key, name in (("torch", "torch"), ("engines", "tensorrt"))
+                      if manifest.get(key)}
+    return m
 
 
 def read_spec(bundle: str | Path, verify: bool = True, require_parity: bool = True) -> BundleSpec:
@@ -366,7 +386,7 @@ def check_parity_reports(spec: BundleSpec, where: Path) -> None:
     bundle carries its weights) and on TensorRT (for each layout with engines)."""
     m = spec.manifest
     served = [("onnxruntime", m["parity"], spec.layouts)]
-    if m.get("torch"):
+    if spec.artifact("torch"):
         served.append(("torch", m["parity"].get("torch"), spec.layouts))
     e = spec.engines
     if e:

@@ -300,7 +300,7 @@ def test_torch_backend_refuses_a_bundle_without_weights(shared, tmp_path):
     b = tmp_path / "b"
     shutil.copytree(shared["bundle"], b)
     m = json.loads((b / "manifest.json").read_text())
-    m["torch"] = None
+    m["artifacts"].pop("torch")
     (b / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(DLSAError, match="carries no torch weights"):
         Runtime(b, backend="torch")
@@ -368,3 +368,37 @@ def test_bench_batch_sizes_share_the_trt_profile_names():
     assert parse_batches("online") == [1, 2, 4, 8] and parse_batches(" 1, 64") == [1, 64]
     with pytest.raises(DLSAError, match=r"--batch: 0 is not a positive integer \(e.g. --batch 1,64,256\)"):
         parse_batches("4,0")
+
+
+def test_format_version_2_bundles_still_load(shared, tmp_path):
+    """Version 3 moved each backend's build output under "artifacts"; a version-2 bundle (top-level
+    "torch" and "engines", graphs without the classes hash) reads as before."""
+    import shutil
+
+    import onnx
+
+    from dlsa_prod.bundle_spec import MANIFEST, METADATA_PREFIX, hash_files
+
+    b = tmp_path / "v2"
+    shutil.copytree(shared["bundle"], b)
+    m = json.loads((b / MANIFEST).read_text())
+    assert m["format_version"] == 3 and set(m["artifacts"]) == {"torch", "tensorrt"}
+    arts = m.pop("artifacts")
+    m.update(format_version=2, torch=arts["torch"], engines=arts["tensorrt"])
+    for f in b.rglob("*.onnx"):
+        model = onnx.load(str(f))
+        props = {p.key: p.value for p in model.metadata_props if p.key != f"{METADATA_PREFIX}classes_sha256"}
+        props[f"{METADATA_PREFIX}format_version"] = "2"
+        del model.metadata_props[:]
+        onnx.helper.set_model_props(model, props)
+        onnx.save(model, str(f))
+    m["files"] = hash_files(b, exclude=("samples.npy", "samples_labels.npy"))
+    (b / MANIFEST).write_text(json.dumps(m))
+    spec = read_spec(b)
+    assert spec.artifact("torch")["weights"] and spec.engines.precision == "fp32"
+    x = shared["test"].features
+    for backend in ("onnxruntime", "torch"):
+        got = Runtime(b, layout="staged", backend=backend).predict(x)
+        want = Runtime(shared["bundle"], layout="staged", backend=backend).predict(x)
+        np.testing.assert_array_equal(got.exit_depth, want.exit_depth)
+        np.testing.assert_allclose(got.logits, want.logits, rtol=1e-6)

@@ -139,12 +139,12 @@ def test_engine_metadata_mismatch_asks_for_rebuild(shared, trt, tmp_path):
     with pytest.raises(BundleError, match=r"engines are fp32, fp16 was asked for; rebuild .* --precision fp16"):
         Runtime(b, backend="tensorrt", memory=HostMemory(), precision="fp16")
     m = json.loads((b / "manifest.json").read_text())
-    m["engines"]["tensorrt_version"] = "10.1.0"
+    m["artifacts"]["tensorrt"]["tensorrt_version"] = "10.1.0"
     (b / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="built with TensorRT 10.1.0.*rebuild them with `dlsa-prod export --trt`"):
         Runtime(b, backend="tensorrt", memory=HostMemory())
-    m["engines"]["tensorrt_version"] = trt.__version__
-    m["engines"]["engines"]["staged/regular"]["profile"]["x"]["max"] = [64, 8]
+    m["artifacts"]["tensorrt"]["tensorrt_version"] = trt.__version__
+    m["artifacts"]["tensorrt"]["engines"]["staged/regular"]["profile"]["x"]["max"] = [64, 8]
     (b / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="engine profile of x is .* rebuild"):
         Runtime(b, layout="staged", backend="tensorrt", memory=HostMemory())

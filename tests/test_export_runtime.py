@@ -293,11 +293,11 @@ def test_cli_export_and_bench(trained, tmp_path):
 def test_a_bundle_missing_a_parity_report_does_not_load(trained, tmp_path, drop):
     b = _copy(trained, tmp_path)
     m = json.loads((b / "manifest.json").read_text())
-    assert m["engines"]["parity"]  # the fixture bundle has (fake) TensorRT engines
+    assert m["artifacts"]["tensorrt"]["parity"]  # the fixture bundle has (fake) TensorRT engines
     if drop == "torch":
         del m["parity"]["torch"]["staged"]
     elif drop == "tensorrt":
-        m["engines"]["parity"] = {}
+        m["artifacts"]["tensorrt"]["parity"] = {}
     else:
         del m["parity"][drop]
     (b / "manifest.json").write_text(json.dumps(m))

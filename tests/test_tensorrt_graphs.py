@@ -187,11 +187,11 @@ def test_reduced_precision_engines_are_refused_unless_accepted(shared, tmp_path,
                                                                     memory=HostMemory(), accept_precision_loss=True))
     m = json.loads((tmp_path / "b" / "manifest.json").read_text())
     for layout in ("fused", "staged"):
-        gate = m["engines"]["parity"][layout]["gate"]
+        gate = m["artifacts"]["tensorrt"]["parity"][layout]["gate"]
         assert gate == {"min_exit_agreement": 1.01, "max_accuracy_drop_points": 0.5, "passed": False,
                         "accepted_loss": True}
-        assert "accuracy_change" in m["engines"]["parity"][layout]  # val labels known for a feature bundle
-    assert m["engines"]["device_name"] == "host memory (test seam)"
+        assert "accuracy_change" in m["artifacts"]["tensorrt"]["parity"][layout]  # val labels known (features)
+    assert m["artifacts"]["tensorrt"]["device_name"] == "host memory (test seam)"
 
 
 def test_cli_accept_precision_loss_needs_trt(shared, tmp_path):

@@ -69,7 +69,7 @@ def load_model(spec: BundleSpec, device):
     from ..models import DLSAModel, FeatureClassifier
     from ..run_dir import load_state
 
-    t = spec.manifest.get("torch")
+    t = spec.artifact("torch")
     if not t:
         raise BundleError(f"{spec.path}: the bundle carries no torch weights (re-export it for backend='torch')")
     d = spec.path / t["dir"]

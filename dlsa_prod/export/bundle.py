@@ -168,8 +168,8 @@ def _header(run, name: str, class_names, image, batch: dict) -> dict:
         "classes": {"num_classes": int(meta["num_classes"]), "names": class_names,
                     "train_counts": counts.tolist(), "shot_groups": {k: v.tolist() for k, v in groups.items()}},
         "depth": run.model.depth if dlsa else 0, "thresholds": run.model.thresholds if dlsa else [],
-        "layouts": {}, "files": {}, "samples": None, "torch": None, "parity": {},
-        "serving": {"batch_profile": dict(batch)}, "engines": None,
+        "layouts": {}, "files": {}, "samples": None, "parity": {},
+        "serving": {"batch_profile": dict(batch)}, "artifacts": {},
         "input_guard": meta.get("input_guard") if dlsa else None,
     }
 
@@ -224,7 +224,7 @@ def _write(staging: Path, run, name, layouts, inputs: ParityInputs, class_names,
     samples = image["samples"] if image else inputs.x[:inputs.n_validation]
     np.save(staging / "samples.npy", samples)
     if not image:
-        manifest["torch"] = get_backend("torch").build(staging, None, {"run": run, "model": name})
+        manifest["artifacts"]["torch"] = get_backend("torch").build(staging, None, {"run": run, "model": name})
     if after_export is not None:
         after_export(staging)
     manifest["samples"] = {"file": "samples.npy", "sha256": sha256_file(staging / "samples.npy")}
@@ -238,16 +238,16 @@ def _write(staging: Path, run, name, layouts, inputs: ParityInputs, class_names,
     ref = _reference(torch_model, inputs.x, image)
     spec = read_spec(staging, require_parity=False)  # the gate writes the parity reports
     manifest["parity"] = _gate(spec, ref, inputs, "onnxruntime", {})
-    if manifest["torch"]:
+    if "torch" in manifest["artifacts"]:
         manifest["parity"]["torch"] = _gate(spec, ref, inputs, "torch", {"device": "cpu"})
     write_manifest(staging, manifest)
     if trt is not None:
-        manifest["engines"] = get_backend("tensorrt").build(staging, spec, {
+        engines = manifest["artifacts"]["tensorrt"] = get_backend("tensorrt").build(staging, spec, {
             "batch": batch, "precision": trt.precision, "workspace": trt.workspace, "memory": trt.memory})
         manifest["files"] = hash_files(staging, exclude=SAMPLE_FILES)
         write_manifest(staging, manifest)
         spec = read_spec(staging, require_parity=False)
-        manifest["engines"]["parity"] = _gate(spec, ref, inputs, "tensorrt", {"memory": trt.memory},
+        engines["parity"] = _gate(spec, ref, inputs, "tensorrt", {"memory": trt.memory},
                                               strict=trt.precision == "fp32",
                                               accept_loss=trt.accept_precision_loss)
         write_manifest(staging, manifest)
@@ -294,7 +294,7 @@ def summary(manifest: dict) -> str:
     p = manifest["parity"]
     parts = [f"{lay} pred {p[lay]['pred_agreement']:.4f} exit {p[lay]['exit_agreement']:.4f} "
              f"max logit rel err {p[lay]['max_logit_rel_err']:.1e}" for lay in LAYOUTS if lay in p]
-    e = manifest.get("engines")
+    e = manifest["artifacts"].get("tensorrt")
     if e:
         parts += [f"tensorrt {e['precision']} {lay} pred {r['pred_agreement']:.4f} exit {r['exit_agreement']:.4f}"
                   for lay, r in e["parity"].items() if lay in LAYOUTS]
