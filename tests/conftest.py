@@ -61,3 +61,32 @@ def private_user_cache(tmp_path_factory):
         del os.environ["DLSA_PROD_CACHE"]
     else:
         yield
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """The deployment tests' trained tiny run, its test features and its bundle with fake-TensorRT engines
+    (trained and exported once per session: tests/fakes/deploy_run.py)."""
+    from fakes.deploy_run import tiny_run, trt_bundle
+
+    return {**tiny_run(tmp_path_factory), "bundle": trt_bundle(tmp_path_factory)}
+
+
+@pytest.fixture
+def trt():
+    """``import tensorrt`` gives the strict fake for the test (tests/fakes/tensorrt)."""
+    from fakes.deploy_run import fake_tensorrt
+
+    with fake_tensorrt() as mod:
+        yield mod
+
+
+def run_in_threads(worker, n: int) -> None:
+    """Run ``worker(k)`` for k in 0..N-1 on N threads and wait for all."""
+    import threading
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

@@ -23,12 +23,8 @@ from dlsa_prod.errors import DLSAError
 from dlsa_prod.run_dir import load_run
 from dlsa_prod.runtime import Runtime
 
-from fakes.deploy_run import count_rows_per_graph, tiny_run, trt_bundle
+from fakes.deploy_run import count_rows_per_graph
 
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    return {**tiny_run(tmp_path_factory), "bundle": trt_bundle(tmp_path_factory)}
 
 
 def test_registry_names_every_backend():

@@ -18,18 +18,9 @@ from dlsa_prod.errors import DLSAError
 from dlsa_prod.export.bundle import TrtOptions, export_bundle
 from dlsa_prod.runtime import Runtime
 
-from fakes.deploy_run import fake_tensorrt, tiny_run, trt_bundle
+from fakes.deploy_run import fake_tensorrt
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    return {**tiny_run(tmp_path_factory), "bundle": trt_bundle(tmp_path_factory)}
-
-
-@pytest.fixture
-def trt():
-    with fake_tensorrt() as mod:
-        yield mod
 
 
 def _engine_header(path):

@@ -6,7 +6,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import tracemalloc
 
 import numpy as np
@@ -23,6 +22,7 @@ from dlsa_prod.export.parity import RANDOM_FEATURES, ParityError, borderline
 from dlsa_prod.run_dir import load_run
 from dlsa_prod.runtime import Runtime
 
+from conftest import run_in_threads
 from fakes.deploy_run import count_rows_per_graph, tiny_run, trt_bundle
 
 
@@ -129,11 +129,7 @@ def test_runtime_is_thread_safe(trained):
         except Exception as exc:  # surfaced below
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(worker, 8)
     assert not errors
     for (tid, rep, i), (labels, exits, logits) in results.items():
         np.testing.assert_array_equal(labels, expected[i].labels)

@@ -3,8 +3,6 @@ the TensorRT runner (fake TensorRT) and the torch backend capture at load, in th
 memory pool per executor, and replay to the same results; the stub and the fake refuse what a real
 capture refuses.  Also: aligned engine buffers and every TensorRT bool return checked."""
 
-import threading
-
 import numpy as np
 import pytest
 import torch
@@ -14,19 +12,10 @@ from dlsa_prod.backends.tensorrt_build import attach_timing_cache
 from dlsa_prod.errors import DLSAError
 from dlsa_prod.runtime import Runtime
 
+from conftest import run_in_threads
 from fakes.cuda_graph_stub import CaptureStub, CUDAGraph, Stream
-from fakes.deploy_run import fake_tensorrt, tiny_run, trt_bundle
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    return {**tiny_run(tmp_path_factory), "bundle": trt_bundle(tmp_path_factory)}
-
-
-@pytest.fixture
-def trt():
-    with fake_tensorrt() as mod:
-        yield mod
 
 
 # ----------------------------------------------------------------------------- the stub's own rules
@@ -189,10 +178,6 @@ def test_torch_backend_captures_at_load_and_is_thread_safe(shared, layout):
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(worker, 8)
     assert not errors and not mismatches
     assert len(stub.captures) == n_captured and sum(g.replays for g in stub.captures) >= 8 * 500

@@ -22,12 +22,8 @@ from dlsa_prod.export.parity import ParityError
 from dlsa_prod.ops import gmm_torch
 from dlsa_prod.ops.gmm_torch import logsumexp_shifted
 
-from fakes.deploy_run import fake_tensorrt, tiny_run, trt_bundle
+from fakes.deploy_run import fake_tensorrt
 
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    return {**tiny_run(tmp_path_factory), "bundle": trt_bundle(tmp_path_factory)}
 
 
 class _LSE(torch.nn.Module):
