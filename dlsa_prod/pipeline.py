@@ -20,10 +20,10 @@ from .data import FeatureSet, Splits, load_splits
 from .device import resolve_device
 from .evaluation import evaluate
 from .logs import close_handler, setup_logging
-from .metrics import (best_baseline, best_method, display_name, display_rows, format_routing_by_class, format_table,
-                      gap_line, routing_by_class)
+from .metrics import display_name, display_rows, format_routing_by_class, format_table, gap_line, routing_by_class
 from .models import FeatureClassifier
 from .run_dir import StagingDir, save_run
+from .selection import method_val_logits, select_model, shipped_model
 from .training import Baseline, DLSATrainResult, train_baselines, train_dlsa, uses_base
 from .tune import small_split_warning
 
@@ -94,9 +94,14 @@ def train_models(splits: Splits, cfg: RunConfig, device: torch.device, generator
     return TrainedModels(train_dlsa(splits, cfg, device, generator, base), baselines)
 
 
-def best_on_val(val_metrics: dict) -> str:
-    """"dlsa" or the baseline's name ("BSM", "cRT", ...) with the highest val accuracy."""
-    return best_method(val_metrics).removeprefix("plain_")
+def best_on_val(models: TrainedModels, fs: FeatureSet, num_classes: int, device, seed: int) -> dict:
+    """The selection record of selection.py (which model ships, why, the scores and the interval) on fs;
+    its note, when val cannot separate DLSA from the best baseline, is logged as one line."""
+    record = select_model(method_val_logits(models.dlsa.model, models.baseline_models, fs, device), fs.labels,
+                          num_classes, seed)
+    if record["note"]:
+        log.warning("%s", record["note"])
+    return record
 
 
 def score_models(models: TrainedModels, splits: Splits, cfg: RunConfig, device: torch.device,
@@ -110,7 +115,8 @@ def score_models(models: TrainedModels, splits: Splits, cfg: RunConfig, device: 
                "test": evaluate(model, bl, splits.test, counts, device, many, few)}
     if select is not None:
         metrics["select"] = evaluate(model, bl, select, counts, device, many, few)
-    metrics["best_on_val"] = best_on_val(metrics["select" if select is not None else "val"])
+    metrics["best_on_val"] = best_on_val(models, select if select is not None else splits.val, splits.num_classes,
+                                         device, cfg.seed)
     warning = small_split_warning(select if select is not None else splits.val, splits.num_classes,
                                   "between DLSA and the baselines")
     if warning:
@@ -128,16 +134,18 @@ def score_models(models: TrainedModels, splits: Splits, cfg: RunConfig, device: 
 
 def comparison_report(metrics: dict, split: str = "test") -> str:
     """The table (best on val marked), DLSA's gap to the best baseline, and the routing per class."""
-    chooser = "select" if "select" in metrics else "val"
-    best_key = best_method(metrics[chooser])
+    record = metrics["best_on_val"]
+    shipped = shipped_model(record)
+    key = lambda name: name if name == "dlsa" else f"plain_{name}"  # noqa: E731
     lines = [format_table(display_rows(metrics[split]), f"{split} split (accuracy %, selected on val)",
-                          best=display_name(best_key))]
-    top_baseline = best_baseline(metrics[chooser])
+                          best=display_name(key(shipped)))]
+    top_baseline = record.get("best_baseline") if isinstance(record, dict) else None
     if top_baseline is not None:
-        lines.append(f"best baseline on val: {display_name(top_baseline)}; " + gap_line(metrics[split], top_baseline))
-        if best_key != "dlsa":
-            lines.append(f"DLSA does not beat the best baseline on val: {display_name(best_key)} is the better model "
-                         f"(meta.json best_on_val = {best_on_val(metrics[chooser])!r})")
+        lines.append(f"best baseline on val (lowest class-balanced log-loss): {display_name(key(top_baseline))}; "
+                     + gap_line(metrics[split], key(top_baseline)))
+        if shipped != "dlsa":
+            lines.append(f"DLSA is not shown better than the best baseline on val: {display_name(key(shipped))} "
+                         f"ships (meta.json best_on_val model = {shipped!r})")
     d = metrics[split]["dlsa"]
     lines.append("routing share (depth 1..%d, regular): %s" % (len(d["routing_share"]) - 1,
                  ", ".join(f"{100 * s:.1f}%" for s in d["routing_share"])))
@@ -151,7 +159,7 @@ def run_meta(cfg: RunConfig, splits: Splits, models: TrainedModels, backbone: di
             "num_classes": splits.num_classes, "depth": models.dlsa.model.depth,
             "train_class_counts": splits.train_counts().tolist(), "baselines": list(models.baselines),
             "seed": cfg.seed, "many_shot": cfg.data.many_shot, "few_shot": cfg.data.few_shot,
-            "backbone": backbone, "best_on_val": metrics["best_on_val"]}
+            "backbone": backbone, "best_on_val": metrics["best_on_val"]}  # selection.py's record
 
 
 def save_models(workdir: Path, cfg: RunConfig, splits: Splits, models: TrainedModels, backbone: dict | None,
