@@ -7,7 +7,7 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from .metrics import display_name, display_rows, format_routing_by_class, format
 from .models import FeatureClassifier
 from .run_dir import StagingDir, save_run
 from .selection import method_val_logits, select_model, shipped_model
-from .training import Baseline, DLSATrainResult, train_baselines, train_dlsa, uses_base
+from .training import Baseline, DLSATrainResult, dropped_baselines, train_baselines, train_dlsa, uses_base
 from .tune import small_split_warning
 
 log = logging.getLogger("dlsa_prod")
@@ -58,6 +58,8 @@ def run_training(cfg: RunConfig, out: Path, force: bool = False) -> dict:
 class TrainedModels:
     dlsa: DLSATrainResult
     baselines: dict[str, Baseline]
+    dropped: dict[str, str] = field(default_factory=dict)  # baselines the config cannot run: {name: why}
+    baseline_model: dict | None = None  # regcls.model the baselines were trained with (run_meta)
 
     @property
     def baseline_models(self) -> dict[str, FeatureClassifier]:
@@ -87,11 +89,18 @@ def baseline_names(cfg: RunConfig) -> list[str]:
     return names
 
 
-def train_models(splits: Splits, cfg: RunConfig, device: torch.device, generator: torch.Generator) -> TrainedModels:
-    """Step 2: the baselines (each in its own random streams), then the DLSA cascade."""
+def train_models(splits: Splits, cfg: RunConfig, device: torch.device, generator: torch.Generator,
+                 dlsa_cfg: RunConfig | None = None) -> TrainedModels:
+    """Step 2: the baselines (each in its own random streams), then the DLSA cascade.  The baselines are
+    always cfg's; `dlsa_cfg` (tune's chosen candidate) changes DLSA only, its cascade base included."""
+    dcfg = dlsa_cfg or cfg
     baselines = train_baselines(splits, cfg, device, baseline_names(cfg))
-    base = baselines[cfg.cascade.base].model if uses_base(cfg) and cfg.cascade.base in baselines else None
-    return TrainedModels(train_dlsa(splits, cfg, device, generator, base), baselines)
+    base = None
+    if uses_base(dcfg):
+        pool = baselines if dcfg.regcls == cfg.regcls else train_baselines(splits, dcfg, device, [dcfg.cascade.base])
+        base = pool[dcfg.cascade.base].model if dcfg.cascade.base in pool else None
+    return TrainedModels(train_dlsa(splits, dcfg, device, generator, base), baselines,
+                         dropped_baselines(cfg, baseline_names(cfg)), cfg.regcls.model.model_dump(mode="json"))
 
 
 def best_on_val(models: TrainedModels, fs: FeatureSet, num_classes: int, device, seed: int) -> dict:
@@ -122,6 +131,7 @@ def score_models(models: TrainedModels, splits: Splits, cfg: RunConfig, device: 
     if warning:
         log.warning(warning)
         metrics["small_val_warning"] = warning
+    metrics["dropped_baselines"] = dict(models.dropped)
     metrics["baseline_info"] = {k: {"epoch": v.epoch, "val_accuracy": v.val_accuracy, **v.info}
                                 for k, v in models.baselines.items()}
     metrics["depths"] = models.dlsa.depth_reports
@@ -137,8 +147,9 @@ def comparison_report(metrics: dict, split: str = "test") -> str:
     record = metrics["best_on_val"]
     shipped = shipped_model(record)
     key = lambda name: name if name == "dlsa" else f"plain_{name}"  # noqa: E731
-    lines = [format_table(display_rows(metrics[split]), f"{split} split (accuracy %, selected on val)",
-                          best=display_name(key(shipped)))]
+    rows = display_rows(metrics[split])
+    rows.update({f"plain {name} (not run)": {} for name in metrics.get("dropped_baselines", {})})
+    lines = [format_table(rows, f"{split} split (accuracy %, selected on val)", best=display_name(key(shipped)))]
     top_baseline = record.get("best_baseline") if isinstance(record, dict) else None
     if top_baseline is not None:
         lines.append(f"best baseline on val (lowest class-balanced log-loss): {display_name(key(top_baseline))}; "
@@ -146,6 +157,8 @@ def comparison_report(metrics: dict, split: str = "test") -> str:
         if shipped != "dlsa":
             lines.append(f"DLSA is not shown better than the best baseline on val: {display_name(key(shipped))} "
                          f"ships (meta.json best_on_val model = {shipped!r})")
+    for name, why in metrics.get("dropped_baselines", {}).items():
+        lines.append(f"baseline {name} not run: {why}")
     d = metrics[split]["dlsa"]
     lines.append("routing share (depth 1..%d, regular): %s" % (len(d["routing_share"]) - 1,
                  ", ".join(f"{100 * s:.1f}%" for s in d["routing_share"])))
@@ -158,6 +171,7 @@ def run_meta(cfg: RunConfig, splits: Splits, models: TrainedModels, backbone: di
     return {"dlsa_prod_version": __version__, "torch_version": torch.__version__, "dim": splits.dim,
             "num_classes": splits.num_classes, "depth": models.dlsa.model.depth,
             "train_class_counts": splits.train_counts().tolist(), "baselines": list(models.baselines),
+            "baseline_model": models.baseline_model, "dropped_baselines": dict(models.dropped),
             "seed": cfg.seed, "many_shot": cfg.data.many_shot, "few_shot": cfg.data.few_shot,
             "backbone": backbone, "best_on_val": metrics["best_on_val"]}  # selection.py's record
 

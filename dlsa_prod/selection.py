@@ -103,7 +103,7 @@ def select_model(val_logits: dict[str, np.ndarray], labels: np.ndarray, num_clas
     if low > 0:
         return record
     record["model"] = best
-    verdict = "cannot separate them" if high > 0 else "says the baseline is better"
+    verdict = "says the baseline is better" if high < 0 else "cannot separate them"
     record["note"] = (f"val ({labels.size} images) {verdict}: DLSA - {best} balanced accuracy {100 * point:+.2f} "
                       f"points, {int(100 * CONFIDENCE)}% interval [{100 * low:+.2f}, {100 * high:+.2f}]; shipping "
                       f"{best} (best baseline by val {RANKING.replace('_', ' ')} "

@@ -261,7 +261,8 @@ def run_tune(cfg: RunConfig, out: Path, candidates: int = 8) -> dict:
 
 
 def _search(cfg: RunConfig, out: Path, candidates: int, device) -> dict:
-    from .pipeline import (TrainedModels, load_data, save_models, score_models, seed_everything, train_models)
+    from .pipeline import (TrainedModels, comparison_report, load_data, save_models, score_models, seed_everything,
+                           train_models)
     from .run_dir import StagingDir, write_json
 
     splits, backbone = load_data(cfg, out, device, seed_everything(cfg.seed))
@@ -306,7 +307,8 @@ def _search(cfg: RunConfig, out: Path, candidates: int, device) -> dict:
     run_dir = out / "run"
     staging = StagingDir(run_dir, True, kind="run")
     try:
-        models: TrainedModels = train_models(tsplits, chosen_cfg, device, seed_everything(chosen_cfg.seed))
+        # the baselines are exactly those `train` runs with the config as given; the candidate changes DLSA only
+        models: TrainedModels = train_models(tsplits, cfg, device, seed_everything(chosen_cfg.seed), chosen_cfg)
         metrics = score_models(models, tsplits, chosen_cfg, device, select=select_half)
         save_models(staging.path, chosen_cfg, tsplits, models, backbone, metrics)
         staging.commit()
@@ -323,7 +325,7 @@ def _search(cfg: RunConfig, out: Path, candidates: int, device) -> dict:
         "selection_accuracy": {k: v["accuracy"] for k, v in method_metrics(sel).items()},
         "best_baseline_on_val": None if best_base is None else best_base.removeprefix("plain_"),
         "dlsa_beats_best_baseline_on_val": beats, "best_on_val": record,
-        "test": metrics["test"], "small_val_warning": warning,
+        "test": metrics["test"], "small_val_warning": warning, "dropped_baselines": metrics["dropped_baselines"],
         "val_split": "halves: epochs on the epoch half, configurations and baselines on the selection half",
     }
     write_json(out / "tune_result.json", result)
@@ -331,6 +333,7 @@ def _search(cfg: RunConfig, out: Path, candidates: int, device) -> dict:
     tmp.write_text(config_to_yaml(chosen_cfg))
     os.replace(tmp, out / "chosen_config.yaml")
     t = metrics["test"]
+    log.info("\n%s\n", comparison_report(metrics, "test"))
     log.info("tune: chosen candidate %d %s; test acc DLSA %.2f, %s %.2f", chosen, cands[chosen] or "(as given)",
              100 * t["dlsa"]["accuracy"], display_name(best_base) if best_base else "-",
              100 * t[best_base]["accuracy"] if best_base else float("nan"))

@@ -78,7 +78,8 @@ def test_score_models_picks_best_on_val_not_on_test(monkeypatch):
     base = SimpleNamespace(model=None, epoch=1, val_accuracy=0.5, info={})
     models = SimpleNamespace(dlsa=SimpleNamespace(model=SimpleNamespace(depth=1), depth_reports=[],
                                                   train_exit_depth=np.ones(40, np.int64)),
-                             baselines={"CE": base, "BSM": base}, baseline_models={"CE": None, "BSM": None})
+                             baselines={"CE": base, "BSM": base}, baseline_models={"CE": None, "BSM": None},
+                             dropped={})
     cfg = SimpleNamespace(seed=0, data=SimpleNamespace(many_shot=100, few_shot=20))
     assert pipeline.score_models(models, splits, cfg, "cpu")["best_on_val"]["model"] == "CE"
     assert pipeline.score_models(models, splits, cfg, "cpu", select=fs("select"))["best_on_val"]["model"] == "BSM"

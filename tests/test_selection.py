@@ -39,6 +39,8 @@ def test_dlsa_ships_only_when_the_paired_interval_clears_zero():
     assert clear["model"] == "dlsa" and clear["dlsa_minus_baseline"]["low"] > 0 and clear["note"] is None
     worse = select_model({"dlsa": _logits(y, list(range(40)), 2.0), "BSM": base}, y, 4)
     assert worse["model"] == "BSM" and "baseline is better" in worse["note"]
+    same = select_model({"dlsa": base, "BSM": base}, y, 4)
+    assert same["model"] == "BSM" and "cannot separate them" in same["note"]
 
 
 def test_paired_interval_is_seeded_and_paired():
