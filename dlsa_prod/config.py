@@ -372,6 +372,10 @@ class RunConfig(_Section):
         "fp32", description="flow MLP and classifier training precision (the GMM term is always IEEE fp32)"
     )
     compile: bool = Field(False, description="torch.compile the flow and classifier forward passes (opt-in)")
+    cpu_threads: Optional[int] = Field(
+        None, ge=1, le=1024, description="torch intra-op threads for this run (null: torch's default, the CPUs "
+                                         "available); a fixed count makes CPU results the same on any core count"
+    )
     max_depth: int = Field(1, ge=1)
     baselines: Optional[list[Literal["CE", "BSM", "LA", "cRT"]]] = Field(
         None, description="baselines to train for comparison (CE, BSM, LA = post-hoc logit adjustment, "

@@ -185,6 +185,17 @@ def save_models(workdir: Path, cfg: RunConfig, splits: Splits, models: TrainedMo
 
 
 def _train(cfg: RunConfig, workdir: Path) -> dict:
+    """The four steps; with cfg.cpu_threads, torch's intra-op thread count is fixed for the run and restored."""
+    threads = torch.get_num_threads()
+    if cfg.cpu_threads is not None:
+        torch.set_num_threads(cfg.cpu_threads)
+    try:
+        return _train_steps(cfg, workdir)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_steps(cfg: RunConfig, workdir: Path) -> dict:
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     generator = seed_everything(cfg.seed)
