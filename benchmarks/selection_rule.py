@@ -34,10 +34,15 @@ def case_config(case: str, seed: int):
         return load_config("configs/quickstart.yaml", [f"seed={seed}", "device=cpu"])
     if case == "quickstart_r50":
         return load_config("configs/quickstart.yaml", [f"seed={seed}", "device=cpu", "data.digits.imbalance_ratio=50"])
+    from _subsample import SMALL, small_features
+
     bench, _, variant = case.partition(":")
     overrides = {"seed": seed}
     if variant:
         overrides.update({**suite.RESEARCH_CASCADE, **suite.VARIANTS[variant][1]})
+    if bench in SMALL:
+        return suite.feature_config(SMALL[bench][0], small_features(bench, FEATURES, suite.ensure_features),
+                                    overrides, "cpu")
     return suite.feature_config(bench, suite.ensure_features(bench, FEATURES), overrides, "cpu")
 
 

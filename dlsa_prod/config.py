@@ -97,6 +97,17 @@ class ClassifierOptimConfig(_OptimBase):
 
     lr: float = Field(1e-2, gt=0)
     epoch: int = Field(150, ge=1)
+    updates: Optional[int] = Field(
+        None, ge=1, description="training length in optimizer updates (overrides epoch): each classifier trains "
+                                "ceil(updates / batches per epoch) epochs of its own training set, so a 1k and a "
+                                "15k set (or a small cascade exit) get the same number of SGD steps"
+    )
+
+    @model_validator(mode="after")
+    def _updates_without_milestones(self):
+        if self.updates is not None and self.steps:
+            raise ValueError("updates: cannot be combined with optim.steps (lr milestones in epochs); use cos_lr")
+        return self
 
 
 class FlowLossConfig(_Section):

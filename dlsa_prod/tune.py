@@ -134,6 +134,8 @@ def apply_overrides(cfg: RunConfig, overrides: dict, epoch_fraction: float = 1.0
     if epoch_fraction < 1.0:
         for section in (out.cacls, out.regcls):
             section.optim.epoch = max(1, round(section.optim.epoch * epoch_fraction))
+            if section.optim.updates is not None:
+                section.optim.updates = max(1, round(section.optim.updates * epoch_fraction))
             section.eval_freq = min(section.eval_freq, section.optim.epoch)
         out.gmflow.optim.epoch = max(1, round(out.gmflow.optim.epoch * epoch_fraction))
         out.gmflow.eval_freq = min(out.gmflow.eval_freq, out.gmflow.optim.epoch)
