@@ -7,8 +7,9 @@ the cost at one training per candidate; k-fold over train + val would multiply i
 re-split the long tail's few tail samples again and again (docs/benchmarks.md).
 
 Search: the config itself plus ``candidates - 1`` configurations drawn (seeded) from SPACE
-(depth, K, per-depth llh_proportion, classifier loss / type / sampler, cascade preset,
-cross-fitted routing or not),
+(depth, K, per-depth llh_proportion, classifier loss / type / sampler / learning rate / training
+length, cascade preset, cross-fitted routing or not); a candidate changes DLSA only, the baselines
+are always the config as given's,
 by successive halving: every candidate trains with a third of the epochs, the best third
 (at least 2, always including the config as given) train with the full epochs; a candidate
 replaces the config as given only if it beats it on the selection half by more than one standard
@@ -57,6 +58,8 @@ SPACE = {
     "classifier.sampler": ["none", "class-balanced"],
     "cascade.preset": ["research", "route_prior", "on_BSM", "on_cRT"],
     "cascade.crossfit_folds": [0, 2],
+    "classifier.lr_scale": [1.0, 0.5, 2.0],  # x the config's cacls / regcls learning rate
+    "classifier.length_scale": [1.0, 0.5, 2.0],  # x their optim.updates (or optim.epoch when not set)
 }
 # cascade options (see CascadeConfig): the research method, and the variants that won on val in docs/benchmarks.md
 PRESETS = {"research": {"cascade.regular": "train", "cascade.mix_base": False, "cascade.route_prior": False},
@@ -99,6 +102,12 @@ def candidate_overrides(choice: dict, cfg: RunConfig) -> dict:
            "cascade.llh_proportions": choice["cascade.llh_proportions"],
            "cascade.crossfit_folds": choice["cascade.crossfit_folds"]}
     for section in ("cacls", "regcls"):
+        optim = getattr(cfg, section).optim
+        out[f"{section}.optim.lr"] = optim.lr * choice["classifier.lr_scale"]
+        if optim.updates is not None:
+            out[f"{section}.optim.updates"] = max(1, round(optim.updates * choice["classifier.length_scale"]))
+        else:
+            out[f"{section}.optim.epoch"] = max(1, round(optim.epoch * choice["classifier.length_scale"]))
         out[f"{section}.loss.type"] = choice["classifier.loss"]
         out[f"{section}.model.type"] = choice["classifier.type"]
         out[f"{section}.data.sampler"] = choice["classifier.sampler"]

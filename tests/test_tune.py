@@ -28,8 +28,15 @@ def test_candidates_are_seeded_distinct_and_apply(tiny_files):
     assert cands[0] == {} and len({json.dumps(c, sort_keys=True) for c in cands}) == 6
     assert cands == draw_candidates(cfg, 6, seed=0) and cands != draw_candidates(cfg, 6, seed=1)
     short = apply_overrides(cfg, cands[1], 1 / 3)
-    assert short.cacls.optim.epoch == 2 and short.gmflow.optim.epoch == 1 and short.cacls.eval_freq <= 2
+    assert short.cacls.optim.epoch == max(1, round(cands[1]["cacls.optim.epoch"] / 3)) and short.gmflow.optim.epoch == 1
+    assert short.cacls.eval_freq <= short.cacls.optim.epoch
     assert short.cacls.loss.type == short.regcls.loss.type == cands[1]["cacls.loss.type"]
+    # the learning rate and the training length are searched too (x0.5, x1, x2 of the config's)
+    many = draw_candidates(cfg, 40, seed=0)[1:]
+    assert {c["regcls.optim.lr"] / cfg.regcls.optim.lr for c in many} == {0.5, 1.0, 2.0}
+    assert {c["cacls.optim.epoch"] for c in many} == {3, 6, 12}
+    upd = config_from_dict(tiny_config_dict(train, test), overrides=["regcls.optim.updates=100"])
+    assert {c["regcls.optim.updates"] for c in draw_candidates(upd, 40, seed=0)[1:]} == {50, 100, 200}
 
 
 def test_tune_writes_choice_and_resumes(tiny_files, tmp_path, capsys):
