@@ -47,6 +47,12 @@ for updates in (1000, 3000):
                                                       "eval_freq": 2}
 
 
+for updates in (6000, 8000, 10000):
+    for lr in (0.05, 0.07, 0.1):
+        SCHEDULES[f"updates{updates}_b128_lr{lr}_cos"] = {"data.batchsize": 128, "optim.lr": lr, "optim.updates": updates,
+                                                          "optim.cos_lr": True, "eval_freq": 2}
+
+
 def hand_set(schedule: str) -> bool:
     return schedule.startswith("b")
 
