@@ -29,11 +29,13 @@ NAMES = ("CE", "BSM", "LA", "cRT")
 
 
 def hand(bs, lr, epoch):
-    return {"data.batchsize": bs, "optim.lr": lr, "optim.epoch": epoch, "optim.updates": None, "eval_freq": 2}
+    return {"data.batchsize": bs, "optim.lr": lr, "optim.epoch": epoch, "optim.updates": None, "optim.cos_lr": False,
+            "eval_freq": 2}
 
 
-# name -> regcls overrides; "config" = the recommended config's own schedule
-SCHEDULES = {"config": {}}
+# name -> regcls overrides; "config" = the recommended config's own schedule (configs/fmnist_lt_r100.yaml);
+# "old_config" = its schedule before issue 17 (batch 512, lr 0.05, 20 epochs)
+SCHEDULES = {"config": {}, "old_config": hand(512, 0.05, 20) | {"optim.cos_lr": False, "optim.momentum": 0.9}}
 for bs in (128, 512):
     for lr in (0.02, 0.05, 0.1):
         for ep in (20, 60):
