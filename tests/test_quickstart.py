@@ -19,7 +19,7 @@ def readme_quickstart() -> tuple[dict[str, list[float]], float, float]:
         m = re.match(r"^(DLSA|plain \w+)( \*)?\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s", line)
         if m:
             rows[m.group(1)] = [float(m.group(i)) for i in range(3, 8)]
-    words = r"\s+".join("DLSA's row moves by up to ([\d.]+) points overall and ([\d.]+) points per shot group".split())
+    words = r"\s+".join(r"DLSA's row moves by up to ([\d.]+) points overall and ([\d.]+) points per shot group".split())
     spread = re.search(words, text)
     assert spread, "README must state the quickstart's measured spread"
     return rows, float(spread.group(1)), float(spread.group(2))
