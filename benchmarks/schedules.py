@@ -123,7 +123,6 @@ def main(argv=None):
     p.add_argument("--sets", default=",".join(SETS))
     p.add_argument("--schedules", default=",".join(SCHEDULES))
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--tag", default="", help="store the 'config' schedule under config<tag> (e.g. a config change)")
     p.add_argument("--table", action="store_true")
     args = p.parse_args(argv)
     import torch
