@@ -33,6 +33,7 @@ from ..errors import DLSAError
 from ..metrics import shot_groups
 from ..run_dir import StagingDir, check_replaceable, load_run
 from ..models.graphs import BackboneGraph, FusedGraph, ImageInput, RegularGraph, staged_graphs
+from ..selection import shipped_model
 from .onnx_export import OPSET, embed_metadata, export_onnx
 from ..backends.precision_gate import judge
 from .parity import (MAX_VALIDATION, RANDOM_IMAGES, VALIDATION_IMAGES, ParityError, ParityInputs, compare,
@@ -56,8 +57,8 @@ class TrtOptions:
 def resolve_model(run_meta: dict, best: bool, model: str | None, meta_file: Path) -> str:
     """Which model to export: DLSA, a named baseline, or (``best``) the one meta.json names best on val."""
     if best:
-        name = run_meta.get("best_on_val")
-        if not isinstance(name, str) or not name:
+        name = shipped_model(run_meta.get("best_on_val"))  # a record, or a plain name in older runs
+        if name is None:
             raise DLSAError(f"{meta_file}: has no best_on_val entry (re-train with this version, or export without --best)")
     else:
         name = model or DLSA
