@@ -108,6 +108,9 @@ VARIANTS = {
                        "needs no route prior)", {**ON_CRT_ROUTE, **CF2, "cascade.route_prior_strength": 0.0}),
     "on_cRT_warm_cf_tau": ("on_cRT_route_cf_tau + every classifier warm-started from cRT (the kept configuration)",
                            {**ON_CRT_ROUTE, **CF2, **TAU, **WARM}),
+    "kept_soft": ("on_cRT_warm_cf_tau with soft exit gates: exit and remainder log-probabilities mixed by "
+                  "sigmoid(slope * (loglik - threshold) + offset), slope and offset chosen on val",
+                  {**ON_CRT_ROUTE, **CF2, **TAU, **WARM, "cascade.exit_gate": "soft"}),
 }
 
 
@@ -144,7 +147,8 @@ def feature_config(name: str, feat_dir: Path, overrides: dict, device: str) -> "
 RESEARCH_CASCADE = {"cascade.base": "BSM", "cascade.regular": "train", "cascade.mix_base": False,
                     "cascade.route_prior": False, "cascade.warm_start": False, "cascade.prior_temperature": 1.0,
                     "cascade.route_share_from": "train", "cascade.crossfit_folds": 0,
-                    "cascade.crossfit_routing": "out_of_fold", "cascade.route_prior_strength": 1.0}
+                    "cascade.crossfit_routing": "out_of_fold", "cascade.route_prior_strength": 1.0,
+                    "cascade.exit_gate": "hard"}
 
 
 def run_variant(name: str, variant: str, seeds: list[int], root: Path, features_root: Path, device: str) -> dict:

@@ -246,6 +246,13 @@ class CascadeConfig(_Section):
                                    "flow at its held-out fold's threshold (one flow per depth)"
     )
 
+    exit_gate: Literal["hard", "soft"] = Field(
+        "hard", description="hard: a sample exits at depth d when its log-likelihood reaches the threshold "
+                            "(research); soft: every depth mixes its exit classifier's log-probabilities with the "
+                            "rest's by sigmoid(slope * (loglik - threshold) + offset), slope and offset chosen on "
+                            "val (cannot be exported yet)"
+    )
+
     @field_validator("route_prior_strength", mode="before")
     @classmethod
     def _strength(cls, v):

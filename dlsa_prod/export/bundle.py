@@ -31,6 +31,7 @@ from ..bundle_spec import (BACKBONE, BUNDLE_KIND, DEFAULT_BATCH_PROFILE, FORMAT,
 from ..errors import DLSAError
 from ..metrics import shot_groups
 from ..run_dir import StagingDir, check_replaceable, load_run
+from ..models.soft_gate import check_exportable
 from .graphs import BackboneGraph, FusedGraph, ImageInput, RegularGraph, staged_graphs
 from .onnx_export import OPSET, embed_metadata, export_onnx
 from .parity import (MAX_VALIDATION, RANDOM_IMAGES, VALIDATION_IMAGES, ParityError, ParityInputs, compare,
@@ -95,6 +96,8 @@ def export_bundle(run_dir: str | Path, out: str | Path, layouts=("fused", "stage
     check_replaceable(out, BUNDLE_KIND, [run_dir, features], force)
     run = load_run(run_dir, "cpu")
     name = resolve_model(run.meta, best, model, run_dir / "meta.json")
+    if name == DLSA:
+        check_exportable(run.cfg)  # soft exit gates (issue 17): the graphs route by a hard threshold
     if name != DLSA:
         layouts = (SINGLE,)
         check_options(layouts, trt, triton)

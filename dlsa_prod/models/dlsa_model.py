@@ -3,7 +3,9 @@
 Depth d (1-based) holds a flow filter, its log-likelihood threshold, the cluster priors
 (K x C class histograms) and a cluster-aided classifier.  A sample whose log-likelihood is at
 least the threshold exits at depth d; the rest continue.  After the last depth the regular
-classifier takes the remainder (reported as exit depth D + 1).
+classifier takes the remainder (reported as exit depth D + 1).  With soft gates
+(``cascade.exit_gate: soft``, soft_gate.py) every sample runs every stage and the logits are
+the gated mixture of the classifiers' log-probabilities; exit depth is still the hard route.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ..config import RunConfig
 from ..ops import filter_split
 from .classifiers import FeatureClassifier
 from .flow_gmm import FlowGMM
+from .soft_gate import soft_cascade, stage_outputs
 
 
 class DLSAOutput(NamedTuple):
@@ -27,12 +30,19 @@ class DLSAOutput(NamedTuple):
 
 
 class DepthStage(nn.Module):
-    def __init__(self, filter_model: FlowGMM, classifier: FeatureClassifier, num_classes: int):
+    def __init__(self, filter_model: FlowGMM, classifier: FeatureClassifier, num_classes: int, gated: bool = False):
         super().__init__()
         self.filter = filter_model
         self.classifier = classifier
         self.register_buffer("threshold", torch.zeros((), dtype=torch.float32))
         self.register_buffer("cluster_prior", torch.full((filter_model.num_cluster, num_classes), 1.0 / num_classes))
+        if gated:  # soft exit gate: s = sigmoid(gate_slope * (loglik - threshold) + gate_offset)
+            self.register_buffer("gate_slope", torch.zeros((), dtype=torch.float32))
+            self.register_buffer("gate_offset", torch.zeros((), dtype=torch.float32))
+
+    @property
+    def gated(self) -> bool:
+        return hasattr(self, "gate_slope")
 
     def route(self, x: torch.Tensor):
         out = self.filter(x)
@@ -53,7 +63,8 @@ class DLSAModel(nn.Module):
     @classmethod
     def from_config(cls, cfg: RunConfig, dim: int, num_classes: int, depth: int) -> "DLSAModel":
         stages = [DepthStage(FlowGMM.from_config(dim, cfg.gmflow.model),
-                             FeatureClassifier(dim, num_classes, cfg.cacls.model), num_classes)
+                             FeatureClassifier(dim, num_classes, cfg.cacls.model), num_classes,
+                             gated=cfg.cascade.exit_gate == "soft")
                   for _ in range(depth)]
         regular = FeatureClassifier(dim, num_classes, cfg.regcls.model, uses_prior=False)
         return cls(stages, regular, num_classes)
@@ -67,7 +78,9 @@ class DLSAModel(nn.Module):
         return [float(s.threshold) for s in self.stages]
 
     def forward(self, x: torch.Tensor) -> DLSAOutput:
-        """Per-sample routing: each sample runs only the stages it reaches."""
+        """Per-sample routing: each sample runs only the stages it reaches (soft gates: every stage)."""
+        if self.stages and self.stages[0].gated:
+            return self._soft_forward(x)
         b = x.shape[0]
         logits = x.new_zeros(b, self.num_classes)
         exit_depth = torch.full((b,), self.depth + 1, dtype=torch.int64, device=x.device)
@@ -86,4 +99,18 @@ class DLSAModel(nn.Module):
             remaining = remaining[cont_idx]
         if remaining.numel():
             logits[remaining] = self.regular(x[remaining])
+        return DLSAOutput(logits, logits.argmax(1), exit_depth, loglik)
+
+    def _soft_forward(self, x: torch.Tensor) -> DLSAOutput:
+        logp, lls, reg = stage_outputs(self, x)
+        gates = [(s.gate_slope, s.gate_offset) for s in self.stages]
+        logits = soft_cascade(logp, lls, [s.threshold for s in self.stages], gates, reg)
+        exit_depth = torch.full((x.shape[0],), self.depth + 1, dtype=torch.int64, device=x.device)
+        loglik = x.new_full((x.shape[0], self.depth), float("nan"))
+        reached = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        for d, (ll, stage) in enumerate(zip(lls, self.stages)):
+            loglik[reached, d] = ll[reached]
+            out = reached & (ll >= stage.threshold)
+            exit_depth[out] = d + 1
+            reached = reached & ~out
         return DLSAOutput(logits, logits.argmax(1), exit_depth, loglik)

@@ -7,7 +7,8 @@ then ``_train_regular``.  The options of ``cfg.cascade`` (warm start, prior shif
 the base classifier, prior temperature, per-depth proportions, route prior) build on a ``base``
 classifier trained beforehand with the baselines (see baselines.py).  ``cascade.crossfit_folds``
 routes the training samples as unseen samples are routed (crossfit.py); mixing weights and the
-route prior strength are fixed after every classifier is trained (head_calibration.py).
+route prior strength are fixed after every classifier is trained (head_calibration.py), and so are
+the soft exit gates of ``cascade.exit_gate: soft`` (exit_gate.py).
 
 Route prior: a classifier trained with balanced softmax on its routed subset is calibrated to a
 uniform label prior, but on a class-balanced test set the samples reaching it follow the share of
@@ -35,6 +36,7 @@ from .baselines import has_bias_head, implied_log_prior
 from .classifier_trainer import ClassifierData, train_classifier
 from .cluster_stats import cluster_priors, score_flow
 from .crossfit import cross_fit, held_out_route_rates
+from .exit_gate import choose_gates
 from .flow_trainer import train_flow
 from .head_calibration import PendingHead, choose_strength, mix_with_base  # noqa: F401 (re-exported)
 from .options import active_options
@@ -332,7 +334,7 @@ def train_dlsa(splits: Splits, cfg: RunConfig, device: torch.device, generator: 
         res, head = _train_exit_classifier(rem, f, d, c, cfg, generator, base,
                                            (splits.train.labels, splits.val.labels))
         heads.append(head)
-        stage = DepthStage(f.flow.model, head.model, c).to(device)
+        stage = DepthStage(f.flow.model, head.model, c, gated=cfg.cascade.exit_gate == "soft").to(device)
         stage.threshold.fill_(f.threshold)
         stage.cluster_prior.copy_(f.priors)
         stages.append(stage)
@@ -365,6 +367,11 @@ def train_dlsa(splits: Splits, cfg: RunConfig, device: torch.device, generator: 
                     "prior_shift": cfg.cascade.regular == "prior_shift",
                     "route_prior_strength": tau if reg_head.route is not None or cfg.cascade.route_prior else None})
     model = DLSAModel(stages, reg, c).to(device).eval()
+    if cfg.cascade.exit_gate == "soft":
+        for stage, report, (slope, offset) in zip(model.stages, reports, choose_gates(model, x_va, y_va)):
+            stage.gate_slope.fill_(slope)
+            stage.gate_offset.fill_(offset)
+            report["exit_gate"] = {"slope": slope, "offset": offset}
     return DLSATrainResult(model, reports, train_exit, val_exit, histories)
 
 
