@@ -111,6 +111,9 @@ VARIANTS = {
     "kept_soft": ("on_cRT_warm_cf_tau with soft exit gates: exit and remainder log-probabilities mixed by "
                   "sigmoid(slope * (loglik - threshold) + offset), slope and offset chosen on val",
                   {**ON_CRT_ROUTE, **CF2, **TAU, **WARM, "cascade.exit_gate": "soft"}),
+    "kept_balanced": ("on_cRT_warm_cf_tau with class-balanced cluster priors (each class's share of a cluster "
+                      "divided by its training count)", {**ON_CRT_ROUTE, **CF2, **TAU, **WARM,
+                                                        "cascade.prior_balance": True}),
 }
 
 
@@ -148,7 +151,7 @@ RESEARCH_CASCADE = {"cascade.base": "BSM", "cascade.regular": "train", "cascade.
                     "cascade.route_prior": False, "cascade.warm_start": False, "cascade.prior_temperature": 1.0,
                     "cascade.route_share_from": "train", "cascade.crossfit_folds": 0,
                     "cascade.crossfit_routing": "out_of_fold", "cascade.route_prior_strength": 1.0,
-                    "cascade.exit_gate": "hard"}
+                    "cascade.exit_gate": "hard", "cascade.prior_balance": False}
 
 
 def run_variant(name: str, variant: str, seeds: list[int], root: Path, features_root: Path, device: str) -> dict:

@@ -222,6 +222,8 @@ class CascadeConfig(_Section):
     mix_base: bool = Field(False, description="mix each exit classifier's logits with the base classifier's "
                                               "(weight chosen on val; linear heads)")
     prior_temperature: float = Field(1.0, gt=0, description="cluster prior P -> P^(1/T), renormalised")
+    prior_balance: bool = Field(False, description="cluster priors of a class-balanced set: each class's share "
+                                                    "of a cluster divided by its training count, renormalised")
     route_prior: bool = Field(False, description="add log(share of class y's training samples routed to a "
                                                  "classifier) to its logits: the label prior it meets on a "
                                                  "class-balanced test set (linear heads)")

@@ -59,6 +59,14 @@ def depth_proportion(cfg: RunConfig, depth: int) -> float | None:
     return cfg.filter.llh_proportion
 
 
+def balanced_priors(priors: torch.Tensor, class_counts: torch.Tensor) -> torch.Tensor:
+    """p(y | cluster) of a class-balanced set: each class's column divided by its training count,
+    rows renormalised (the histogram of the long-tailed training samples, p(k | y) p_train(y),
+    becomes p(k | y) -- the prior a balanced-softmax classifier does not count twice)."""
+    p = priors.clamp(min=0) / class_counts.to(priors).clamp(min=1)[None, :]
+    return p / p.sum(1, keepdim=True).clamp(min=1e-12)
+
+
 def tempered_priors(priors: torch.Tensor, temperature: float) -> torch.Tensor:
     """P -> P^(1/T) renormalised per cluster (T = 1: unchanged; T > 1 flatter; T < 1 sharper)."""
     if temperature == 1.0:
@@ -163,7 +171,12 @@ def _train_filter(rem: _Remaining, d: int, c: int, cfg: RunConfig, generator: to
     xv, yv = rem.x_va[rem.va], rem.y_va[rem.va]
     sel = (xv, yv) if cfg.gmflow.select_on == "val" else (None, None)
     prop = depth_proportion(cfg, d)
-    temper = lambda p: tempered_priors(p, cfg.cascade.prior_temperature)  # noqa: E731
+    counts = torch.bincount(yd, minlength=c)
+
+    def temper(p: torch.Tensor) -> torch.Tensor:
+        p = balanced_priors(p, counts) if cfg.cascade.prior_balance else p
+        return tempered_priors(p, cfg.cascade.prior_temperature)
+
     folds = cfg.cascade.crossfit_folds
     route_logs = (None, None)
     if folds:
