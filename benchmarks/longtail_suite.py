@@ -114,6 +114,15 @@ VARIANTS = {
     "kept_balanced": ("on_cRT_warm_cf_tau with class-balanced cluster priors (each class's share of a cluster "
                       "divided by its training count)", {**ON_CRT_ROUTE, **CF2, **TAU, **WARM,
                                                         "cascade.prior_balance": True}),
+    **{f"kept_p{round(100 * q)}": (f"on_cRT_warm_cf_tau with filter.llh_proportion {q} (research: 0.3)",
+                                   {**ON_CRT_ROUTE, **CF2, **TAU, **WARM, "filter.llh_proportion": q})
+       for q in (0.15, 0.5, 0.7, 0.9)},
+    "kept_exit_all": ("on_cRT_warm_cf_tau with the cluster-aided classifier trained on every sample (its cluster "
+                      "prior from the depth-1 flow), used for those that exit", {**ON_CRT_ROUTE, **CF2, **TAU, **WARM,
+                                                                                "cascade.exit_train": "all"}),
+    "kept_exit_all_soft": ("kept_exit_all with soft exit gates", {**ON_CRT_ROUTE, **CF2, **TAU, **WARM,
+                                                                  "cascade.exit_train": "all",
+                                                                  "cascade.exit_gate": "soft"}),
 }
 
 
@@ -151,7 +160,8 @@ RESEARCH_CASCADE = {"cascade.base": "BSM", "cascade.regular": "train", "cascade.
                     "cascade.route_prior": False, "cascade.warm_start": False, "cascade.prior_temperature": 1.0,
                     "cascade.route_share_from": "train", "cascade.crossfit_folds": 0,
                     "cascade.crossfit_routing": "out_of_fold", "cascade.route_prior_strength": 1.0,
-                    "cascade.exit_gate": "hard", "cascade.prior_balance": False}
+                    "cascade.exit_gate": "hard", "cascade.prior_balance": False,
+                    "cascade.exit_train": "routed"}
 
 
 def run_variant(name: str, variant: str, seeds: list[int], root: Path, features_root: Path, device: str) -> dict:

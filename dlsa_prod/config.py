@@ -248,6 +248,11 @@ class CascadeConfig(_Section):
                                    "flow at its held-out fold's threshold (one flow per depth)"
     )
 
+    exit_train: Literal["routed", "all"] = Field(
+        "routed", description="routed: each depth's cluster-aided classifier is trained on the samples that exit "
+                              "there (research); all: on every sample that reaches the depth (each with its cluster "
+                              "prior), used only for those that exit (epoch and mixing still chosen on exiting val)"
+    )
     exit_gate: Literal["hard", "soft"] = Field(
         "hard", description="hard: a sample exits at depth d when its log-likelihood reaches the threshold "
                             "(research); soft: every depth mixes its exit classifier's log-probabilities with the "

@@ -226,7 +226,8 @@ def _train_exit_classifier(rem: _Remaining, f: _Filter, d: int, c: int, cfg: Run
     """Depth d's cluster-aided classifier on the exiting samples (epoch selected on exiting val
     samples), pending its mixing weight and route prior strength (head_calibration.py)."""
     xd, yd, xv, yv = f.xd, f.yd, f.xv, f.yv
-    train = ClassifierData(xd[f.out_tr], yd[f.out_tr], f.p_tr[f.out_tr])
+    fit = f.out_tr if cfg.cascade.exit_train == "routed" else slice(None)  # "all": every remaining sample
+    train = ClassifierData(xd[fit], yd[fit], f.p_tr[fit])
     val = ClassifierData(xv[f.out_va], yv[f.out_va], f.p_va[f.out_va])
     init = None
     if cfg.cascade.warm_start and base is not None:
