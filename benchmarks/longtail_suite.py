@@ -123,6 +123,15 @@ VARIANTS = {
     "kept_exit_all_soft": ("kept_exit_all with soft exit gates", {**ON_CRT_ROUTE, **CF2, **TAU, **WARM,
                                                                   "cascade.exit_train": "all",
                                                                   "cascade.exit_gate": "soft"}),
+    "kept_latent": ("on_cRT_warm_cf_tau with the flow latent as the cluster-aided classifier's second input",
+                    {**ON_CRT_ROUTE, **CF2, **TAU, **WARM, "cascade.flow_latent": True}),
+    "kept_latent_all": ("kept_latent with the cluster-aided classifier trained on every sample",
+                        {**ON_CRT_ROUTE, **CF2, **TAU, **WARM, "cascade.flow_latent": True,
+                         "cascade.exit_train": "all"}),
+    **{f"kept_latent_all_p{round(100 * q)}": (f"kept_latent_all with filter.llh_proportion {q}",
+                                              {**ON_CRT_ROUTE, **CF2, **TAU, **WARM, "cascade.flow_latent": True,
+                                               "cascade.exit_train": "all", "filter.llh_proportion": q})
+       for q in (0.5, 0.7, 0.9)},
 }
 
 
@@ -161,7 +170,7 @@ RESEARCH_CASCADE = {"cascade.base": "BSM", "cascade.regular": "train", "cascade.
                     "cascade.route_share_from": "train", "cascade.crossfit_folds": 0,
                     "cascade.crossfit_routing": "out_of_fold", "cascade.route_prior_strength": 1.0,
                     "cascade.exit_gate": "hard", "cascade.prior_balance": False,
-                    "cascade.exit_train": "routed"}
+                    "cascade.exit_train": "routed", "cascade.flow_latent": False}
 
 
 def run_variant(name: str, variant: str, seeds: list[int], root: Path, features_root: Path, device: str) -> dict:

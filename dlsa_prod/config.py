@@ -253,6 +253,9 @@ class CascadeConfig(_Section):
                               "there (research); all: on every sample that reaches the depth (each with its cluster "
                               "prior), used only for those that exit (epoch and mixing still chosen on exiting val)"
     )
+    flow_latent: bool = Field(False, description="the cluster-aided classifier's second feature input is its "
+                                                 "depth's flow latent (standardised on the training samples) instead "
+                                                 "of the feature again (research); cannot be exported yet")
     exit_gate: Literal["hard", "soft"] = Field(
         "hard", description="hard: a sample exits at depth d when its log-likelihood reaches the threshold "
                             "(research); soft: every depth mixes its exit classifier's log-probabilities with the "

@@ -30,7 +30,8 @@ class DLSAOutput(NamedTuple):
 
 
 class DepthStage(nn.Module):
-    def __init__(self, filter_model: FlowGMM, classifier: FeatureClassifier, num_classes: int, gated: bool = False):
+    def __init__(self, filter_model: FlowGMM, classifier: FeatureClassifier, num_classes: int, gated: bool = False,
+                 latent: bool = False):
         super().__init__()
         self.filter = filter_model
         self.classifier = classifier
@@ -39,6 +40,10 @@ class DepthStage(nn.Module):
         if gated:  # soft exit gate: s = sigmoid(gate_slope * (loglik - threshold) + gate_offset)
             self.register_buffer("gate_slope", torch.zeros((), dtype=torch.float32))
             self.register_buffer("gate_offset", torch.zeros((), dtype=torch.float32))
+        if latent:  # the classifier's z input: the flow latent, standardised by the training samples' mean / std
+            dim = filter_model.means.shape[1]
+            self.register_buffer("latent_mean", torch.zeros(dim))
+            self.register_buffer("latent_std", torch.ones(dim))
 
     @property
     def gated(self) -> bool:
@@ -48,9 +53,17 @@ class DepthStage(nn.Module):
         out = self.filter(x)
         return out.loglik, out.cluster
 
+    @property
+    def uses_latent(self) -> bool:
+        return hasattr(self, "latent_mean")
+
+    def latent(self, x: torch.Tensor) -> torch.Tensor:
+        """The standardised flow latent of x (cascade.flow_latent)."""
+        return (self.filter.flow(x)[0] - self.latent_mean) / self.latent_std
+
     def classify(self, x: torch.Tensor, cluster: torch.Tensor) -> torch.Tensor:
         prior = self.cluster_prior[cluster] if self.classifier.uses_prior else None
-        return self.classifier(x, prior)
+        return self.classifier(x, prior, self.latent(x) if self.uses_latent else None)
 
 
 class DLSAModel(nn.Module):
@@ -64,7 +77,7 @@ class DLSAModel(nn.Module):
     def from_config(cls, cfg: RunConfig, dim: int, num_classes: int, depth: int) -> "DLSAModel":
         stages = [DepthStage(FlowGMM.from_config(dim, cfg.gmflow.model),
                              FeatureClassifier(dim, num_classes, cfg.cacls.model), num_classes,
-                             gated=cfg.cascade.exit_gate == "soft")
+                             gated=cfg.cascade.exit_gate == "soft", latent=cfg.cascade.flow_latent)
                   for _ in range(depth)]
         regular = FeatureClassifier(dim, num_classes, cfg.regcls.model, uses_prior=False)
         return cls(stages, regular, num_classes)

@@ -206,9 +206,11 @@ def _train_filter(rem: _Remaining, d: int, c: int, cfg: RunConfig, generator: to
                    *route_logs)
 
 
-def warm_state_for_exit(base: FeatureClassifier, target: FeatureClassifier) -> dict | None:
+def warm_state_for_exit(base: FeatureClassifier, target: FeatureClassifier, latent: bool = False) -> dict | None:
     """The base (XZ) classifier's weights as a start for a cluster-aided (XZP) classifier: head_x
-    copied, head_zp's feature columns copied and its prior columns zero.  None unless both are linear."""
+    copied, head_zp's feature columns copied and its prior columns zero.  latent (z is the flow
+    latent, not the feature): both base heads folded into head_x, head_zp all zero.  None unless
+    both are linear."""
     if not (_is_plain_linear(base) and _is_plain_linear(target)):
         return None
     state = copy.deepcopy(target.state_dict())
@@ -216,22 +218,51 @@ def warm_state_for_exit(base: FeatureClassifier, target: FeatureClassifier) -> d
     d = b["head_zp.0.weight"].shape[1]
     state["head_x.0.weight"], state["head_x.0.bias"] = b["head_x.0.weight"].clone(), b["head_x.0.bias"].clone()
     w = torch.zeros_like(state["head_zp.0.weight"])
+    if latent:
+        state["head_x.0.weight"] = state["head_x.0.weight"] + b["head_zp.0.weight"]
+        state["head_x.0.bias"] = state["head_x.0.bias"] + b["head_zp.0.bias"]
+        state["head_zp.0.weight"], state["head_zp.0.bias"] = w, torch.zeros_like(state["head_zp.0.bias"])
+        return state
     w[:, :d] = b["head_zp.0.weight"]
     state["head_zp.0.weight"], state["head_zp.0.bias"] = w, b["head_zp.0.bias"].clone()
     return state
 
 
+@dataclass
+class _Latents:
+    """cascade.flow_latent: the depth's flow latent of the remaining training / val samples,
+    standardised by the training samples' mean and std (kept in the DepthStage)."""
+    z_tr: torch.Tensor
+    z_va: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
+@torch.no_grad()
+def flow_latents(f: _Filter) -> _Latents:
+    model = f.flow.model
+    was = model.training
+    model.eval()
+    u_tr, u_va = (torch.cat([model.flow(chunk)[0] for chunk in torch.split(x, 4096)]) if len(x)
+                  else x.new_zeros(0, x.shape[1]) for x in (f.xd, f.xv))
+    model.train(was)
+    mean, std = u_tr.mean(0), u_tr.std(0).clamp(min=1e-6)
+    return _Latents((u_tr - mean) / std, (u_va - mean) / std, mean, std)
+
+
 def _train_exit_classifier(rem: _Remaining, f: _Filter, d: int, c: int, cfg: RunConfig,
-                           generator: torch.Generator, base: FeatureClassifier | None, split_labels: tuple):
+                           generator: torch.Generator, base: FeatureClassifier | None, split_labels: tuple,
+                           lat: _Latents | None = None):
     """Depth d's cluster-aided classifier on the exiting samples (epoch selected on exiting val
-    samples), pending its mixing weight and route prior strength (head_calibration.py)."""
+    samples), pending its mixing weight and route prior strength (head_calibration.py).
+    lat: the flow latents as the classifier's z input (cascade.flow_latent)."""
     xd, yd, xv, yv = f.xd, f.yd, f.xv, f.yv
     fit = f.out_tr if cfg.cascade.exit_train == "routed" else slice(None)  # "all": every remaining sample
-    train = ClassifierData(xd[fit], yd[fit], f.p_tr[fit])
-    val = ClassifierData(xv[f.out_va], yv[f.out_va], f.p_va[f.out_va])
+    train = ClassifierData(xd[fit], yd[fit], f.p_tr[fit], None if lat is None else lat.z_tr[fit])
+    val = ClassifierData(xv[f.out_va], yv[f.out_va], f.p_va[f.out_va], None if lat is None else lat.z_va[f.out_va])
     init = None
     if cfg.cascade.warm_start and base is not None:
-        init = warm_state_for_exit(base, FeatureClassifier(xd.shape[1], c, cfg.cacls.model))
+        init = warm_state_for_exit(base, FeatureClassifier(xd.shape[1], c, cfg.cacls.model), latent=lat is not None)
         if init is None:
             log.warning("depth %d: warm start needs linear classifiers; starting from scratch", d)
     res = train_classifier(train, val, c, cfg.cacls, generator, desc=f"depth {d} cluster-aided", init_state=init)
@@ -345,10 +376,15 @@ def train_dlsa(splits: Splits, cfg: RunConfig, device: torch.device, generator: 
                      d, rem.tr.numel(), min_remaining)
             break
         f = _train_filter(rem, d, c, cfg, generator)
+        lat = flow_latents(f) if cfg.cascade.flow_latent else None
         res, head = _train_exit_classifier(rem, f, d, c, cfg, generator, base,
-                                           (splits.train.labels, splits.val.labels))
+                                           (splits.train.labels, splits.val.labels), lat)
         heads.append(head)
-        stage = DepthStage(f.flow.model, head.model, c, gated=cfg.cascade.exit_gate == "soft").to(device)
+        stage = DepthStage(f.flow.model, head.model, c, gated=cfg.cascade.exit_gate == "soft",
+                           latent=lat is not None).to(device)
+        if lat is not None:
+            stage.latent_mean.copy_(lat.mean)
+            stage.latent_std.copy_(lat.std)
         stage.threshold.fill_(f.threshold)
         stage.cluster_prior.copy_(f.priors)
         stages.append(stage)
