@@ -97,6 +97,17 @@ class ClassifierOptimConfig(_OptimBase):
 
     lr: float = Field(1e-2, gt=0)
     epoch: int = Field(150, ge=1)
+    updates: Optional[int] = Field(
+        None, ge=1, description="training length in optimizer updates (overrides epoch): each classifier trains "
+                                "ceil(updates / batches per epoch) epochs of its own training set, so a 1k and a "
+                                "15k set (or a small cascade exit) get the same number of SGD steps"
+    )
+
+    @model_validator(mode="after")
+    def _updates_without_milestones(self):
+        if self.updates is not None and self.steps:
+            raise ValueError("updates: cannot be combined with optim.steps (lr milestones in epochs); use cos_lr")
+        return self
 
 
 class FlowLossConfig(_Section):
@@ -389,6 +400,10 @@ class RunConfig(_Section):
         "fp32", description="flow MLP and classifier training precision (the GMM term is always IEEE fp32)"
     )
     compile: bool = Field(False, description="torch.compile the flow and classifier forward passes (opt-in)")
+    cpu_threads: Optional[int] = Field(
+        None, ge=1, le=1024, description="torch intra-op threads for this run (null: torch's default, the CPUs "
+                                         "available); a fixed count makes CPU results the same on any core count"
+    )
     max_depth: int = Field(1, ge=1)
     baselines: Optional[list[Literal["CE", "BSM", "LA", "cRT"]]] = Field(
         None, description="baselines to train for comparison (CE, BSM, LA = post-hoc logit adjustment, "

@@ -99,23 +99,6 @@ def display_rows(metrics: dict) -> dict:
     return {display_name(k): v for k, v in method_metrics(metrics).items()}
 
 
-def best_method(val_metrics: dict, key: str = "accuracy") -> str:
-    """Metrics key of the method with the highest val `key`.  DLSA must beat every baseline
-    strictly: ties go to the first listed baseline (the simpler model)."""
-    scored = [(k, v[key]) for k, v in val_metrics.items()
-              if isinstance(v, dict) and v.get(key) is not None]
-    if not scored:
-        return "dlsa"
-    top = max(s for _, s in scored)
-    return next(k for k, s in sorted(scored, key=lambda kv: kv[0] == "dlsa") if s == top)
-
-
-def best_baseline(val_metrics: dict, key: str = "accuracy") -> str | None:
-    """Metrics key of the best baseline on val (None when there is none)."""
-    rest = {k: v for k, v in val_metrics.items() if k != "dlsa"}
-    return best_method(rest, key) if any(isinstance(v, dict) for v in rest.values()) else None
-
-
 def gap_line(metrics: dict, baseline_key: str) -> str:
     """"DLSA - plain BSM: overall -1.23, many +0.40, medium -2.00, few -0.10 (points)"."""
     d, b = metrics["dlsa"], metrics[baseline_key]

@@ -7,7 +7,7 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +20,11 @@ from .data import FeatureSet, Splits, load_splits
 from .device import resolve_device
 from .evaluation import evaluate
 from .logs import close_handler, setup_logging
-from .metrics import (best_baseline, best_method, display_name, display_rows, format_routing_by_class, format_table,
-                      gap_line, routing_by_class)
+from .metrics import display_name, display_rows, format_routing_by_class, format_table, gap_line, routing_by_class
 from .models import FeatureClassifier
 from .run_dir import StagingDir, save_run
-from .training import Baseline, DLSATrainResult, train_baselines, train_dlsa, uses_base
+from .selection import method_val_logits, select_model, shipped_model
+from .training import Baseline, DLSATrainResult, dropped_baselines, train_baselines, train_dlsa, uses_base
 from .tune import small_split_warning
 
 log = logging.getLogger("dlsa_prod")
@@ -58,6 +58,8 @@ def run_training(cfg: RunConfig, out: Path, force: bool = False) -> dict:
 class TrainedModels:
     dlsa: DLSATrainResult
     baselines: dict[str, Baseline]
+    dropped: dict[str, str] = field(default_factory=dict)  # baselines the config cannot run: {name: why}
+    baseline_model: dict | None = None  # regcls.model the baselines were trained with (run_meta)
 
     @property
     def baseline_models(self) -> dict[str, FeatureClassifier]:
@@ -87,16 +89,28 @@ def baseline_names(cfg: RunConfig) -> list[str]:
     return names
 
 
-def train_models(splits: Splits, cfg: RunConfig, device: torch.device, generator: torch.Generator) -> TrainedModels:
-    """Step 2: the baselines (each in its own random streams), then the DLSA cascade."""
+def train_models(splits: Splits, cfg: RunConfig, device: torch.device, generator: torch.Generator,
+                 dlsa_cfg: RunConfig | None = None) -> TrainedModels:
+    """Step 2: the baselines (each in its own random streams), then the DLSA cascade.  The baselines are
+    always cfg's; `dlsa_cfg` (tune's chosen candidate) changes DLSA only, its cascade base included."""
+    dcfg = dlsa_cfg or cfg
     baselines = train_baselines(splits, cfg, device, baseline_names(cfg))
-    base = baselines[cfg.cascade.base].model if uses_base(cfg) and cfg.cascade.base in baselines else None
-    return TrainedModels(train_dlsa(splits, cfg, device, generator, base), baselines)
+    base = None
+    if uses_base(dcfg):
+        pool = baselines if dcfg.regcls == cfg.regcls else train_baselines(splits, dcfg, device, [dcfg.cascade.base])
+        base = pool[dcfg.cascade.base].model if dcfg.cascade.base in pool else None
+    return TrainedModels(train_dlsa(splits, dcfg, device, generator, base), baselines,
+                         dropped_baselines(cfg, baseline_names(cfg)), cfg.regcls.model.model_dump(mode="json"))
 
 
-def best_on_val(val_metrics: dict) -> str:
-    """"dlsa" or the baseline's name ("BSM", "cRT", ...) with the highest val accuracy."""
-    return best_method(val_metrics).removeprefix("plain_")
+def best_on_val(models: TrainedModels, fs: FeatureSet, num_classes: int, device, seed: int) -> dict:
+    """The selection record of selection.py (which model ships, why, the scores and the interval) on fs;
+    its note, when val cannot separate DLSA from the best baseline, is logged as one line."""
+    record = select_model(method_val_logits(models.dlsa.model, models.baseline_models, fs, device), fs.labels,
+                          num_classes, seed)
+    if record["note"]:
+        log.warning("%s", record["note"])
+    return record
 
 
 def score_models(models: TrainedModels, splits: Splits, cfg: RunConfig, device: torch.device,
@@ -110,12 +124,14 @@ def score_models(models: TrainedModels, splits: Splits, cfg: RunConfig, device: 
                "test": evaluate(model, bl, splits.test, counts, device, many, few)}
     if select is not None:
         metrics["select"] = evaluate(model, bl, select, counts, device, many, few)
-    metrics["best_on_val"] = best_on_val(metrics["select" if select is not None else "val"])
+    metrics["best_on_val"] = best_on_val(models, select if select is not None else splits.val, splits.num_classes,
+                                         device, cfg.seed)
     warning = small_split_warning(select if select is not None else splits.val, splits.num_classes,
                                   "between DLSA and the baselines")
     if warning:
         log.warning(warning)
         metrics["small_val_warning"] = warning
+    metrics["dropped_baselines"] = dict(models.dropped)
     metrics["baseline_info"] = {k: {"epoch": v.epoch, "val_accuracy": v.val_accuracy, **v.info}
                                 for k, v in models.baselines.items()}
     metrics["depths"] = models.dlsa.depth_reports
@@ -128,16 +144,21 @@ def score_models(models: TrainedModels, splits: Splits, cfg: RunConfig, device: 
 
 def comparison_report(metrics: dict, split: str = "test") -> str:
     """The table (best on val marked), DLSA's gap to the best baseline, and the routing per class."""
-    chooser = "select" if "select" in metrics else "val"
-    best_key = best_method(metrics[chooser])
-    lines = [format_table(display_rows(metrics[split]), f"{split} split (accuracy %, selected on val)",
-                          best=display_name(best_key))]
-    top_baseline = best_baseline(metrics[chooser])
+    record = metrics["best_on_val"]
+    shipped = shipped_model(record)
+    key = lambda name: name if name == "dlsa" else f"plain_{name}"  # noqa: E731
+    rows = display_rows(metrics[split])
+    rows.update({f"plain {name} (not run)": {} for name in metrics.get("dropped_baselines", {})})
+    lines = [format_table(rows, f"{split} split (accuracy %, selected on val)", best=display_name(key(shipped)))]
+    top_baseline = record.get("best_baseline") if isinstance(record, dict) else None
     if top_baseline is not None:
-        lines.append(f"best baseline on val: {display_name(top_baseline)}; " + gap_line(metrics[split], top_baseline))
-        if best_key != "dlsa":
-            lines.append(f"DLSA does not beat the best baseline on val: {display_name(best_key)} is the better model "
-                         f"(meta.json best_on_val = {best_on_val(metrics[chooser])!r})")
+        lines.append(f"best baseline on val (lowest class-balanced log-loss): {display_name(key(top_baseline))}; "
+                     + gap_line(metrics[split], key(top_baseline)))
+        if shipped != "dlsa":
+            lines.append(f"DLSA is not shown better than the best baseline on val: {display_name(key(shipped))} "
+                         f"ships (meta.json best_on_val model = {shipped!r})")
+    for name, why in metrics.get("dropped_baselines", {}).items():
+        lines.append(f"baseline {name} not run: {why}")
     d = metrics[split]["dlsa"]
     lines.append("routing share (depth 1..%d, regular): %s" % (len(d["routing_share"]) - 1,
                  ", ".join(f"{100 * s:.1f}%" for s in d["routing_share"])))
@@ -150,8 +171,9 @@ def run_meta(cfg: RunConfig, splits: Splits, models: TrainedModels, backbone: di
     return {"dlsa_prod_version": __version__, "torch_version": torch.__version__, "dim": splits.dim,
             "num_classes": splits.num_classes, "depth": models.dlsa.model.depth,
             "train_class_counts": splits.train_counts().tolist(), "baselines": list(models.baselines),
+            "baseline_model": models.baseline_model, "dropped_baselines": dict(models.dropped),
             "seed": cfg.seed, "many_shot": cfg.data.many_shot, "few_shot": cfg.data.few_shot,
-            "backbone": backbone, "best_on_val": metrics["best_on_val"]}
+            "backbone": backbone, "best_on_val": metrics["best_on_val"]}  # selection.py's record
 
 
 def save_models(workdir: Path, cfg: RunConfig, splits: Splits, models: TrainedModels, backbone: dict | None,
@@ -163,6 +185,17 @@ def save_models(workdir: Path, cfg: RunConfig, splits: Splits, models: TrainedMo
 
 
 def _train(cfg: RunConfig, workdir: Path) -> dict:
+    """The four steps; with cfg.cpu_threads, torch's intra-op thread count is fixed for the run and restored."""
+    threads = torch.get_num_threads()
+    if cfg.cpu_threads is not None:
+        torch.set_num_threads(cfg.cpu_threads)
+    try:
+        return _train_steps(cfg, workdir)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_steps(cfg: RunConfig, workdir: Path) -> dict:
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     generator = seed_everything(cfg.seed)

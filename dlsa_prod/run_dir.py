@@ -41,7 +41,7 @@ import torch
 import yaml
 
 from . import __version__
-from .config import RunConfig, config_from_dict, config_to_yaml
+from .config import ClassifierModelConfig, RunConfig, config_from_dict, config_to_yaml
 from .errors import RunDirError
 from .bundle_spec import sha256_file
 from .models import DLSAModel, FeatureClassifier
@@ -281,8 +281,15 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     model = DLSAModel.from_config(cfg, dim, c, depth)
     load_state(model, path / "model.safetensors", weights_sha256(meta, "model.safetensors"))
     baselines = {}
+    # the classifier settings the baselines were trained with: tune's run keeps the config as given's
+    # (its DLSA may use others); runs written before this was recorded used cfg.regcls.model
+    recorded = meta.get("baseline_model")
+    try:
+        bmodel = ClassifierModelConfig(**recorded) if isinstance(recorded, dict) else cfg.regcls.model
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise RunDirError(f"{path / 'meta.json'}: baseline_model unreadable ({str(exc).splitlines()[0]})") from None
     for loss in meta.get("baselines", []):
-        clf = FeatureClassifier(dim, c, cfg.regcls.model, uses_prior=False)
+        clf = FeatureClassifier(dim, c, bmodel, uses_prior=False)
         name = f"baseline_{loss}.safetensors"
         load_state(clf, path / name, weights_sha256(meta, name))
         baselines[loss] = clf.to(device).eval()

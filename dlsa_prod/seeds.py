@@ -22,6 +22,7 @@ import numpy as np
 from .config import RunConfig
 from .metrics import display_name, method_metrics
 from .run_dir import StagingDir, write_json
+from .selection import shipped_model
 
 log = logging.getLogger("dlsa_prod")
 
@@ -91,7 +92,7 @@ def run_seeds(cfg: RunConfig, out: Path, seeds: list[int], force: bool = False) 
             run_cfg = cfg.model_copy(update={"seed": seed, "seeds": None}, deep=True)
             per_seed[seed] = run_training(run_cfg, staging.path / f"seed_{seed}")
         summary = {"seeds": seeds, "test": summarise(per_seed, "test"), "val": summarise(per_seed, "val"),
-                   "best_on_val": [per_seed[s]["best_on_val"] for s in seeds]}
+                   "best_on_val": [shipped_model(per_seed[s]["best_on_val"]) for s in seeds]}
         counts = Counter(summary["best_on_val"])
         table = format_summary(summary["test"], f"test split, mean ± std over seeds {seeds} (accuracy %)", counts)
         write_json(staging.path / "seeds_summary.json", summary)

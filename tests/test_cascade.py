@@ -87,9 +87,10 @@ def test_cascade_options_prior_shift_mix_warm_start(tiny_files, tmp_path):
     rows = m["test"]["dlsa"]["routing_by_class"]
     assert len(rows) == len(m["depths"]) and all(len(r) == 6 for r in rows)
     assert np.allclose(np.sum(np.array(rows, dtype=float), axis=0), 1.0)  # every class's test samples exit somewhere
-    assert m["best_on_val"] in ("dlsa", "BSM")
+    assert m["best_on_val"]["model"] in ("dlsa", "BSM") and m["best_on_val"]["best_baseline"] == "BSM"
     logged = (tmp_path / "run" / "train.log").read_text()
-    assert "routing per class" in logged and "best baseline on val: plain BSM; DLSA - plain BSM: overall" in logged
+    assert "routing per class" in logged and "best baseline on val (lowest class-balanced log-loss): plain BSM; " \
+        "DLSA - plain BSM: overall" in logged
 
 
 def test_per_depth_proportion_and_tempered_priors():
@@ -219,3 +220,30 @@ def test_route_prior_strength_refuses_anything_but_val_or_a_number_in_range(bad)
 
     with pytest.raises((DLSAError, ValueError), match="route_prior_strength must be \"val\" or a number"):
         config_from_dict({"data": {"source": "digits"}, "cascade": {"route_prior_strength": bad}})
+
+
+def test_cosine_head_is_left_unshifted_before_the_strength_is_chosen(caplog):
+    """A head that cannot take a bias shift (cosine) drops its route prior before tau is chosen, so the
+    strength line and its val accuracy describe the kept (unshifted) model, and no strength is claimed
+    when no head can be shifted (issue 17: the log said 'strength 0.75 chosen ... 0.82' for a 0.80 model)."""
+    import logging
+
+    from dlsa_prod.config import ClassifierModelConfig
+    from dlsa_prod.models import FeatureClassifier
+    from dlsa_prod.training.classifier_trainer import ClassifierData
+    from dlsa_prod.training.head_calibration import PendingHead, choose_strength
+
+    torch.manual_seed(0)
+    model = FeatureClassifier(3, 2, ClassifierModelConfig(type="cosine", inputs="XZ"), uses_prior=False)
+    val = ClassifierData(torch.randn(8, 3), torch.tensor([0, 1] * 4))
+    log = logging.getLogger("dlsa_prod")
+    propagate, log.propagate = log.propagate, True
+    try:
+        with caplog.at_level(logging.INFO, logger="dlsa_prod"):
+            head = PendingHead.build("regular", model, val, route=torch.log(torch.tensor([0.9, 0.1])))
+            tau, _ = choose_strength([head], "val")
+    finally:
+        log.propagate = propagate
+    assert head.route is None and head.shift(tau) is None and head.fold(None, None, tau) is model
+    text = caplog.text
+    assert "route prior needs a linear classifier; left unshifted" in text and "chosen on val" not in text

@@ -40,13 +40,9 @@ def test_routing_by_class_rows_sum_to_one_per_class():
     assert "regular" in format_routing_by_class(rows) and "n/a" in format_routing_by_class(rows)
 
 
-def test_best_method_gap_line_and_marked_table():
-    from dlsa_prod.metrics import best_baseline, best_method, gap_line
+def test_gap_line_and_marked_table():
+    from dlsa_prod.metrics import gap_line
 
-    val = {"dlsa": {"accuracy": 0.8}, "plain_BSM": {"accuracy": 0.85}, "plain_CE": {"accuracy": 0.85}, "best_on_val": "x"}
-    assert best_method(val) == "plain_BSM" and best_baseline(val) == "plain_BSM"
-    assert best_method({"dlsa": {"accuracy": 0.9}, "plain_CE": {"accuracy": 0.9}}) == "plain_CE"  # DLSA must beat
-    assert best_method({"dlsa": {"accuracy": 0.91}, "plain_CE": {"accuracy": 0.9}}) == "dlsa"
     test = {"dlsa": {"accuracy": 0.7, "many_shot": 0.9, "medium_shot": None, "few_shot": 0.5},
             "plain_BSM": {"accuracy": 0.75, "many_shot": 0.8, "medium_shot": 0.6, "few_shot": 0.6}}
     assert gap_line(test, "plain_BSM") == ("DLSA - plain BSM: overall -5.00, many +10.00, medium n/a, "
@@ -72,11 +68,18 @@ def test_score_models_picks_best_on_val_not_on_test(monkeypatch):
     def fake_evaluate(model, baselines, f, counts, device, many, few):
         return {k: {"accuracy": 0.9 if k == winner[f.source] else 0.5} for k in ("dlsa", "plain_CE", "plain_BSM")}
 
+    def fake_logits(dlsa, baselines, f, device):  # the winner right everywhere and confident, the others at chance
+        right = np.eye(2)[f.labels] * 4.0
+        return {k: right if f"plain_{k}" == winner[f.source] or k == winner[f.source] else np.zeros((len(f.labels), 2))
+                for k in ("dlsa", "CE", "BSM")}
+
     monkeypatch.setattr(pipeline, "evaluate", fake_evaluate)
+    monkeypatch.setattr(pipeline, "method_val_logits", fake_logits)
     base = SimpleNamespace(model=None, epoch=1, val_accuracy=0.5, info={})
     models = SimpleNamespace(dlsa=SimpleNamespace(model=SimpleNamespace(depth=1), depth_reports=[],
                                                   train_exit_depth=np.ones(40, np.int64)),
-                             baselines={"CE": base, "BSM": base}, baseline_models={"CE": None, "BSM": None})
-    cfg = SimpleNamespace(data=SimpleNamespace(many_shot=100, few_shot=20))
-    assert pipeline.score_models(models, splits, cfg, "cpu")["best_on_val"] == "CE"
-    assert pipeline.score_models(models, splits, cfg, "cpu", select=fs("select"))["best_on_val"] == "BSM"
+                             baselines={"CE": base, "BSM": base}, baseline_models={"CE": None, "BSM": None},
+                             dropped={})
+    cfg = SimpleNamespace(seed=0, data=SimpleNamespace(many_shot=100, few_shot=20))
+    assert pipeline.score_models(models, splits, cfg, "cpu")["best_on_val"]["model"] == "CE"
+    assert pipeline.score_models(models, splits, cfg, "cpu", select=fs("select"))["best_on_val"]["model"] == "BSM"

@@ -212,3 +212,27 @@ def test_no_host_read_per_training_step():
                                                      torch.Generator().manual_seed(0), uses_prior=False)))
     assert counts[64] == counts[16]
     assert counts[16][1] <= 2  # classifier: nothing but the per-epoch validation
+
+
+def test_classifier_length_in_updates_fits_the_data_size():
+    """optim.updates sets the epoch count from the data size (same SGD steps on 1k and 15k samples),
+    with at least 10 val checks; it cannot be combined with epoch milestones (one line naming the key)."""
+    from dlsa_prod.config import config_from_dict
+    from dlsa_prod.errors import ConfigError
+    from dlsa_prod.training.schedule import classifier_schedule
+
+    cfg = ClassifierConfig.model_validate({"eval_freq": 2, "data": {"batchsize": 128},
+                                           "optim": {"lr": 0.1, "epoch": 20, "updates": 600}})
+    assert classifier_schedule(cfg, 1000)[:2] == (75, 2)  # 8 batches per epoch
+    epochs, every, optim = classifier_schedule(cfg, 15000)  # 118 batches per epoch
+    assert (epochs, every, optim.epoch) == (6, 1, 6) and cfg.optim.epoch == 20
+    plain = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"updates": None})})
+    assert classifier_schedule(plain, 15000)[:2] == (20, 2)
+    fs = blobs([40, 20], seed=3)
+    data = ClassifierData(torch.from_numpy(fs.features), torch.from_numpy(fs.labels))
+    small = ClassifierConfig.model_validate({"eval_freq": 1, "data": {"batchsize": 32}, "model": {"inputs": "XZ"},
+                                             "optim": {"lr": 0.05, "epoch": 50, "updates": 7}})
+    assert len(train_classifier(data, data, 2, small, torch.Generator().manual_seed(0), uses_prior=False).history) == 4
+    with pytest.raises(ConfigError, match=r"regcls\.optim.*updates: cannot be combined with optim\.steps") as exc:
+        config_from_dict({"data": {"train": "a.h5", "test": "b.h5"}, "regcls": {"optim": {"updates": 100, "steps": [5]}}})
+    assert "\n" not in str(exc.value)

@@ -28,8 +28,15 @@ def test_candidates_are_seeded_distinct_and_apply(tiny_files):
     assert cands[0] == {} and len({json.dumps(c, sort_keys=True) for c in cands}) == 6
     assert cands == draw_candidates(cfg, 6, seed=0) and cands != draw_candidates(cfg, 6, seed=1)
     short = apply_overrides(cfg, cands[1], 1 / 3)
-    assert short.cacls.optim.epoch == 2 and short.gmflow.optim.epoch == 1 and short.cacls.eval_freq <= 2
+    assert short.cacls.optim.epoch == max(1, round(cands[1]["cacls.optim.epoch"] / 3)) and short.gmflow.optim.epoch == 1
+    assert short.cacls.eval_freq <= short.cacls.optim.epoch
     assert short.cacls.loss.type == short.regcls.loss.type == cands[1]["cacls.loss.type"]
+    # the learning rate and the training length are searched too (x0.5, x1, x2 of the config's)
+    many = draw_candidates(cfg, 40, seed=0)[1:]
+    assert {c["regcls.optim.lr"] / cfg.regcls.optim.lr for c in many} == {0.5, 1.0, 2.0}
+    assert {c["cacls.optim.epoch"] for c in many} == {3, 6, 12}
+    upd = config_from_dict(tiny_config_dict(train, test), overrides=["regcls.optim.updates=100"])
+    assert {c["regcls.optim.updates"] for c in draw_candidates(upd, 40, seed=0)[1:]} == {50, 100, 200}
 
 
 def test_tune_writes_choice_and_resumes(tiny_files, tmp_path, capsys):
@@ -45,8 +52,8 @@ def test_tune_writes_choice_and_resumes(tiny_files, tmp_path, capsys):
     saved = json.loads((out / "tune_result.json").read_text())
     assert saved["chosen"] == res["chosen"] and saved["test"]["dlsa"]["accuracy"] is not None
     meta = json.loads((out / "run" / "meta.json").read_text())
-    assert meta["best_on_val"] == saved["best_on_val"] in ("dlsa", "BSM", "LA")
-    assert saved["dlsa_beats_best_baseline_on_val"] == (saved["best_on_val"] == "dlsa")
+    assert meta["best_on_val"] == saved["best_on_val"] and saved["best_on_val"]["model"] in ("dlsa", "BSM", "LA")
+    assert saved["dlsa_beats_best_baseline_on_val"] == (saved["best_on_val"]["model"] == "dlsa")
     assert (out / "chosen_config.yaml").is_file()
     state = json.loads((out / "tune_state.json").read_text())
     n = len(state["scores"])
@@ -182,3 +189,38 @@ def test_the_config_as_given_always_reaches_the_final_rung(tiny_files, tmp_path,
     res = run_tune(cfg, tmp_path / "tune", candidates=6)
     assert (1, True) in seen  # trained with full epochs although it was last at rung 0
     assert res["chosen_index"] == 0  # 0.81 vs 0.80 is within one standard error
+
+
+def test_final_comparison_keeps_the_baselines_of_the_config_as_given(tiny_files, tmp_path):
+    """A cosine candidate changes DLSA only: the baselines (LA included) are the ones `train` runs with
+    the config as given, the run directory reloads them, and a cosine config names its dropped LA."""
+    import torch
+
+    from dlsa_prod.pipeline import load_data, save_models, score_models, seed_everything, train_models
+    from dlsa_prod.run_dir import load_run
+    from dlsa_prod.training.baselines import has_bias_head
+
+    train, test = tiny_files
+    tree = tiny_config_dict(train, test, max_depth=1, baselines=["BSM", "LA"])
+    tree["gmflow"]["optim"]["epoch"] = 2
+    cfg = config_from_dict(tree)
+    cosine = apply_overrides(cfg, {"regcls.model.type": "cosine", "cacls.model.type": "cosine"})
+    splits, _ = load_data(cfg, tmp_path, "cpu", seed_everything(0))
+    as_given = train_models(splits, cfg, "cpu", seed_everything(0))
+    tuned = train_models(splits, cfg, "cpu", seed_everything(0), cosine)
+    assert list(tuned.baselines) == list(as_given.baselines) == ["BSM", "LA"] and tuned.dropped == {}
+    for name, b in tuned.baselines.items():
+        assert has_bias_head(b.model)
+        for p, q in zip(b.model.parameters(), as_given.baselines[name].model.parameters()):
+            assert torch.equal(p, q)
+    assert tuned.dlsa.model.regular.head_x[-1].__class__.__name__ != "Linear"  # DLSA did take the candidate
+    metrics = score_models(tuned, splits, cosine, "cpu")
+    save_models(tmp_path, cosine, splits, tuned, None, metrics)
+    assert set(load_run(tmp_path).baselines) == {"BSM", "LA"}
+
+    alone = train_models(splits, cosine, "cpu", seed_everything(0))  # `train` with a cosine config
+    assert list(alone.baselines) == ["BSM"] and "linear final layer" in alone.dropped["LA"]
+    from dlsa_prod.pipeline import comparison_report
+
+    report = comparison_report(score_models(alone, splits, cosine, "cpu"))
+    assert "plain LA (not run)" in report and "baseline LA not run: post-hoc logit adjustment" in report

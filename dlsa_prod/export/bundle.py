@@ -32,6 +32,7 @@ from ..errors import DLSAError
 from ..metrics import shot_groups
 from ..run_dir import StagingDir, check_replaceable, load_run
 from ..models.soft_gate import check_exportable
+from ..selection import shipped_model
 from .graphs import BackboneGraph, FusedGraph, ImageInput, RegularGraph, staged_graphs
 from .onnx_export import OPSET, embed_metadata, export_onnx
 from .parity import (MAX_VALIDATION, RANDOM_IMAGES, VALIDATION_IMAGES, ParityError, ParityInputs, compare,
@@ -53,8 +54,8 @@ class TrtOptions:
 def resolve_model(run_meta: dict, best: bool, model: str | None, meta_file: Path) -> str:
     """Which model to export: DLSA, a named baseline, or (``best``) the one meta.json names best on val."""
     if best:
-        name = run_meta.get("best_on_val")
-        if not isinstance(name, str) or not name:
+        name = shipped_model(run_meta.get("best_on_val"))  # a record, or a plain name in older runs
+        if name is None:
             raise DLSAError(f"{meta_file}: has no best_on_val entry (re-train with this version, or export without --best)")
     else:
         name = model or DLSA
@@ -97,7 +98,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, layouts=("fused", "stage
     run = load_run(run_dir, "cpu")
     name = resolve_model(run.meta, best, model, run_dir / "meta.json")
     if name == DLSA:
-        check_exportable(run.cfg)  # soft exit gates (issue 17): the graphs route by a hard threshold
+        check_exportable(run.cfg)  # issue 17: soft exit gates / flow latent inputs are not in the graphs
     if name != DLSA:
         layouts = (SINGLE,)
         check_options(layouts, trt, triton)

@@ -173,12 +173,31 @@ REGISTRY: dict[str, Callable[[BaselineContext], Baseline]] = {
 }
 
 
+def unavailable_reason(name: str, cfg: RunConfig) -> str | None:
+    """Why cfg cannot run baseline `name` (None: it can).  LA adds -tau * log prior to the final
+    layer's bias; a cosine classifier has no bias (its logits are scaled cosines), so LA is dropped."""
+    if name == "LA" and cfg.regcls.model.type != "linear":
+        return (f"post-hoc logit adjustment needs a linear final layer with a bias; regcls.model.type is "
+                f"{cfg.regcls.model.type!r}")
+    return None
+
+
+def dropped_baselines(cfg: RunConfig, names) -> dict[str, str]:
+    """{name: reason} for every requested baseline cfg cannot run."""
+    return {n: r for n in names if (r := unavailable_reason(n, cfg)) is not None}
+
+
 def train_baselines(splits: Splits, cfg: RunConfig, device: torch.device, names: list[str] | tuple[str, ...],
                     seed: int | None = None) -> dict[str, Baseline]:
-    """Train the named baselines (in the given order); LA is skipped with a warning on cosine heads."""
+    """Train the named baselines (in the given order); the ones cfg cannot run (dropped_baselines:
+    LA on cosine heads) are skipped with one warning naming the reason."""
     ctx = BaselineContext(splits, cfg, device, cfg.seed if seed is None else seed)
     out = {}
     for name in names:
+        reason = unavailable_reason(name, cfg)
+        if reason is not None:
+            log.warning("baseline %s not run: %s", name, reason)
+            continue
         try:
             out[name] = ctx.get(name)
         except ValueError as exc:

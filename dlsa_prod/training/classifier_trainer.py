@@ -27,7 +27,7 @@ from .losses import balanced_softmax_loss, classification_loss
 from .options import TrainOptions, active_options
 from .precision import forward_autocast, matmul_precision
 from .samplers import ClassIndex, device_generator, epoch_order
-from .schedule import clip_value
+from .schedule import classifier_schedule, clip_value
 from .select_loop import EvalResult, LoopSpec, train_and_select
 
 log = logging.getLogger(__name__)
@@ -148,12 +148,13 @@ def train_classifier(train: ClassifierData, val: ClassifierData, num_classes: in
         acc = float(dist.all_reduce_(correct)) / len(val)
         return EvalResult(acc, {"val_acc": acc}, acc)
 
-    spec = LoopSpec(desc, cfg.optim.epoch, cfg.eval_freq, cfg.optim, ("loss",), _hint(cfg, key), dist=dist)
+    epochs, eval_freq, optim = classifier_schedule(cfg, len(train))
+    spec = LoopSpec(desc, epochs, eval_freq, optim, ("loss",), _hint(cfg, key), dist=dist)
     with matmul_precision(opts.precision, device):
         sel = train_and_select(model, opt, spec, run_epoch, evaluate if len(val) else None)
     if dist.enabled and has_bn:
         dist.sync_module_(model)
-    best_epoch = sel.best_epoch if sel.best_epoch is not None else cfg.optim.epoch
+    best_epoch = sel.best_epoch if sel.best_epoch is not None else epochs
     log.info("%s: %d train / %d val samples, selected epoch %d/%d (val acc %s)", desc, len(train), len(val),
-             best_epoch, cfg.optim.epoch, "n/a" if sel.best_score is None else f"{sel.best_score:.4f}")
+             best_epoch, epochs, "n/a" if sel.best_score is None else f"{sel.best_score:.4f}")
     return ClassifierTrainResult(model, best_epoch, sel.best_score, sel.history, sel.stopped_epoch)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models import FeatureClassifier
-from .baselines import adjust_bias
+from .baselines import adjust_bias, has_bias_head
 from .classifier_trainer import ClassifierData, predict_logits
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,10 @@ class PendingHead:
     @classmethod
     def build(cls, name: str, model: FeatureClassifier, val: ClassifierData, base: FeatureClassifier | None = None,
               route: torch.Tensor | None = None, offset: torch.Tensor | None = None) -> "PendingHead":
+        if (route is not None or offset is not None) and not has_bias_head(model):
+            # decided before any strength is chosen, so the val accuracy logged is the kept model's
+            log.warning("%s: route prior needs a linear classifier; left unshifted", name)
+            route = offset = None
         logits = predict_logits(model, val)
         base_logits = predict_logits(base, ClassifierData(val.x, val.y)) if base is not None else None
         to = lambda t: None if t is None else t.to(logits)  # noqa: E731
@@ -89,13 +93,7 @@ class PendingHead:
     def fold(self, base: FeatureClassifier | None, w: float | None, tau: float) -> FeatureClassifier:
         model = mix_with_base(self.model, base, w) if w else self.model
         shift = self.shift(tau)
-        if shift is None:
-            return model
-        try:
-            return adjust_bias(model, shift.cpu())
-        except ValueError:
-            log.warning("%s: route prior needs a linear classifier; left unshifted", self.name)
-            return model
+        return model if shift is None else adjust_bias(model, shift.cpu())
 
 
 def choose_strength(heads: list[PendingHead], strength: float | str) -> tuple[float, dict]:

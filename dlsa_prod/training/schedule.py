@@ -30,3 +30,14 @@ def clip_value(cfg: OptimConfig) -> float | None:
     if cfg.grad_clip is False or cfg.grad_clip is None:
         return None
     return float(cfg.grad_clip) if float(cfg.grad_clip) > 0 else None
+
+
+def classifier_schedule(cfg, n_train: int) -> tuple[int, int, "OptimConfig"]:
+    """(epochs, eval_freq, optim) a classifier trains with on n_train samples.  With ``optim.updates``
+    the epoch count is ceil(updates / batches per epoch) and the val check runs at least 10 times
+    (every min(eval_freq, epochs // 10) epochs, at least 1); otherwise the config's epoch and eval_freq."""
+    if cfg.optim.updates is None:
+        return cfg.optim.epoch, cfg.eval_freq, cfg.optim
+    per_epoch = max(1, math.ceil(n_train / cfg.data.batchsize))
+    epochs = max(1, math.ceil(cfg.optim.updates / per_epoch))
+    return epochs, max(1, min(cfg.eval_freq, epochs // 10)), cfg.optim.model_copy(update={"epoch": epochs})
