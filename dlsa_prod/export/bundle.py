@@ -31,7 +31,7 @@ from ..bundle_spec import (BACKBONE, BUNDLE_KIND, DEFAULT_BATCH_PROFILE, FORMAT,
 from ..errors import DLSAError
 from ..metrics import shot_groups
 from ..run_dir import StagingDir, check_replaceable, load_run
-from ..models.soft_gate import check_exportable
+from ..models.exportable import check_exportable
 from ..selection import shipped_model
 from .graphs import BackboneGraph, FusedGraph, ImageInput, RegularGraph, staged_graphs
 from .onnx_export import OPSET, embed_metadata, export_onnx

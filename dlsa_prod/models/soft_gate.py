@@ -6,14 +6,12 @@ everything after it by a calibrated function of the log-likelihood,
     z_d = s_d * log_softmax(exit_d) + (1 - s_d) * z_{d+1},   z_{D+1} = log_softmax(regular)
 
 Every sample runs every stage.  The exported graphs route by a hard threshold, so export refuses
-such a run (``check_exportable``); what the graphs would need is in docs/benchmarks.md.
+such a run (models/exportable.py); what the graphs would need is in docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import torch
-
-from ..errors import DLSAError
 
 
 def gate_weight(loglik: torch.Tensor, threshold, slope, offset) -> torch.Tensor:
@@ -43,14 +41,3 @@ def stage_outputs(model, x: torch.Tensor):
         logp.append(stage.classify(x, cluster).log_softmax(1))
         lls.append(ll)
     return logp, lls, model.regular(x).log_softmax(1)
-
-
-def check_exportable(cfg) -> None:
-    """Export builds hard-routing graphs whose classifiers read the feature: refuse a run whose
-    cascade routes softly or feeds the flow latent to its classifiers."""
-    if cfg.cascade.flow_latent:
-        raise DLSAError("cascade.flow_latent: true runs cannot be exported yet (the exported graphs feed the "
-                        "feature, not the flow latent, to the classifiers); retrain with cascade.flow_latent: false")
-    if cfg.cascade.exit_gate != "hard":
-        raise DLSAError(f"cascade.exit_gate: {cfg.cascade.exit_gate} runs cannot be exported yet (the exported "
-                        f"graphs route by a hard threshold); retrain with cascade.exit_gate: hard")
