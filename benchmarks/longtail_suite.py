@@ -106,7 +106,7 @@ VARIANTS = {
     "on_cRT_cf_tau0": ("on_cRT_route_cf at route prior strength 0: the regular classifier is cRT itself, exits "
                        "mixed with cRT (the Bayes view: the route is a function of x, so a calibrated posterior "
                        "needs no route prior)", {**ON_CRT_ROUTE, **CF2, "cascade.route_prior_strength": 0.0}),
-    "on_cRT_warm_cf_tau": ("on_cRT_route_cf_tau + every classifier warm-started from cRT (the kept configuration)",
+    "on_cRT_warm_cf_tau": ("on_cRT_route_cf_tau + every classifier warm-started from cRT (kept until issue 17)",
                            {**ON_CRT_ROUTE, **CF2, **TAU, **WARM}),
     "kept_soft": ("on_cRT_warm_cf_tau with soft exit gates: exit and remainder log-probabilities mixed by "
                   "sigmoid(slope * (loglik - threshold) + offset), slope and offset chosen on val",
@@ -125,7 +125,8 @@ VARIANTS = {
                                                                   "cascade.exit_gate": "soft"}),
     "kept_latent": ("on_cRT_warm_cf_tau with the flow latent as the cluster-aided classifier's second input",
                     {**ON_CRT_ROUTE, **CF2, **TAU, **WARM, "cascade.flow_latent": True}),
-    "kept_latent_all": ("kept_latent with the cluster-aided classifier trained on every sample",
+    "kept_latent_all": ("kept_latent with the cluster-aided classifier trained on every sample (the kept "
+                        "configuration: the cascade section of configs/*.yaml)",
                         {**ON_CRT_ROUTE, **CF2, **TAU, **WARM, "cascade.flow_latent": True,
                          "cascade.exit_train": "all"}),
     **{f"kept_latent_all_p{round(100 * q)}": (f"kept_latent_all with filter.llh_proportion {q}",

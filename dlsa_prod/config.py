@@ -266,7 +266,7 @@ class CascadeConfig(_Section):
     )
     flow_latent: bool = Field(False, description="the cluster-aided classifier's second feature input is its "
                                                  "depth's flow latent (standardised on the training samples) instead "
-                                                 "of the feature again (research); cannot be exported yet")
+                                                 "of the feature again (research)")
     exit_gate: Literal["hard", "soft"] = Field(
         "hard", description="hard: a sample exits at depth d when its log-likelihood reaches the threshold "
                             "(research); soft: every depth mixes its exit classifier's log-probabilities with the "

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from dlsa_prod.config import config_from_dict
-from dlsa_prod.errors import DLSAError
 from dlsa_prod.evaluation import cascade_predictions
 from dlsa_prod.export.bundle import export_bundle
 from dlsa_prod.models import FeatureClassifier
@@ -28,7 +27,7 @@ def test_latent_warm_start_reproduces_the_base_whatever_the_latent(tiny_config):
     torch.testing.assert_close(target(x, prior), base(x))
 
 
-def test_latent_run_uses_the_standardised_latent_reloads_and_export_refuses(tiny_files, tmp_path):
+def test_latent_run_uses_the_standardised_latent_reloads_and_exports(tiny_files, tmp_path):
     train, test = tiny_files
     cfg = config_from_dict(tiny_config_dict(train, test, max_depth=1, cascade={"flow_latent": True}))
     metrics = run_training(cfg, tmp_path / "run")
@@ -48,6 +47,7 @@ def test_latent_run_uses_the_standardised_latent_reloads_and_export_refuses(tiny
     feats = np.load(test)
     pred, _ = cascade_predictions(run.model, feats["features"].astype(np.float32), "cpu")
     assert float((pred == feats["labels"]).mean()) == pytest.approx(metrics["test"]["dlsa"]["accuracy"])
-    with pytest.raises(DLSAError, match="cascade.flow_latent: true runs cannot be exported"):
-        export_bundle(tmp_path / "run", tmp_path / "bundle", features=test)
-    assert not (tmp_path / "bundle").exists()
+    # exports as is (the classifier graph computes the latent itself) and passes the parity gate
+    manifest = export_bundle(tmp_path / "run", tmp_path / "bundle", layouts=("staged",), features=test)
+    gate = manifest["parity"]["staged"]
+    assert gate["pred_agreement"] == 1.0 and gate["exit_agreement"] == 1.0

@@ -98,7 +98,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, layouts=("fused", "stage
     run = load_run(run_dir, "cpu")
     name = resolve_model(run.meta, best, model, run_dir / "meta.json")
     if name == DLSA:
-        check_exportable(run.cfg)  # issue 17: soft exit gates / flow latent inputs are not in the graphs
+        check_exportable(run.cfg)  # issue 17: soft exit gates are not in the graphs
     if name != DLSA:
         layouts = (SINGLE,)
         check_options(layouts, trt, triton)

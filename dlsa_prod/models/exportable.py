@@ -1,4 +1,9 @@
-"""Which trained cascades the exported graphs can express (issue 17 options they cannot yet)."""
+"""Which trained cascades the exported graphs can express (issue 17 options they cannot yet).
+
+``cascade.flow_latent`` exports as is: the graphs are traced from ``DepthStage.classify``, which
+computes the standardised flow latent itself (the flow runs a second time inside the classifier
+graph); the parity gate checks it like any other run.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,7 @@ from ..errors import DLSAError
 
 
 def check_exportable(cfg) -> None:
-    """Export builds hard-routing graphs whose classifiers read the feature: refuse a run whose
-    cascade routes softly or feeds the flow latent to its classifiers."""
-    if cfg.cascade.flow_latent:
-        raise DLSAError("cascade.flow_latent: true runs cannot be exported yet (the exported graphs feed the "
-                        "feature, not the flow latent, to the classifiers); retrain with cascade.flow_latent: false")
+    """Export builds hard-routing graphs: refuse a run whose cascade routes softly."""
     if cfg.cascade.exit_gate != "hard":
         raise DLSAError(f"cascade.exit_gate: {cfg.cascade.exit_gate} runs cannot be exported yet (the exported "
                         f"graphs route by a hard threshold); retrain with cascade.exit_gate: hard")
