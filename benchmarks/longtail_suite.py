@@ -106,8 +106,33 @@ VARIANTS = {
     "on_cRT_cf_tau0": ("on_cRT_route_cf at route prior strength 0: the regular classifier is cRT itself, exits "
                        "mixed with cRT (the Bayes view: the route is a function of x, so a calibrated posterior "
                        "needs no route prior)", {**ON_CRT_ROUTE, **CF2, "cascade.route_prior_strength": 0.0}),
-    "on_cRT_warm_cf_tau": ("on_cRT_route_cf_tau + every classifier warm-started from cRT (the kept configuration)",
+    "on_cRT_warm_cf_tau": ("on_cRT_route_cf_tau + every classifier warm-started from cRT (kept until issue 17)",
                            {**ON_CRT_ROUTE, **CF2, **TAU, **WARM}),
+    "kept_soft": ("on_cRT_warm_cf_tau with soft exit gates: exit and remainder log-probabilities mixed by "
+                  "sigmoid(slope * (loglik - threshold) + offset), slope and offset chosen on val",
+                  {**ON_CRT_ROUTE, **CF2, **TAU, **WARM, "cascade.exit_gate": "soft"}),
+    "kept_balanced": ("on_cRT_warm_cf_tau with class-balanced cluster priors (each class's share of a cluster "
+                      "divided by its training count)", {**ON_CRT_ROUTE, **CF2, **TAU, **WARM,
+                                                        "cascade.prior_balance": True}),
+    **{f"kept_p{round(100 * q)}": (f"on_cRT_warm_cf_tau with filter.llh_proportion {q} (research: 0.3)",
+                                   {**ON_CRT_ROUTE, **CF2, **TAU, **WARM, "filter.llh_proportion": q})
+       for q in (0.15, 0.5, 0.7, 0.9)},
+    "kept_exit_all": ("on_cRT_warm_cf_tau with the cluster-aided classifier trained on every sample (its cluster "
+                      "prior from the depth-1 flow), used for those that exit", {**ON_CRT_ROUTE, **CF2, **TAU, **WARM,
+                                                                                "cascade.exit_train": "all"}),
+    "kept_exit_all_soft": ("kept_exit_all with soft exit gates", {**ON_CRT_ROUTE, **CF2, **TAU, **WARM,
+                                                                  "cascade.exit_train": "all",
+                                                                  "cascade.exit_gate": "soft"}),
+    "kept_latent": ("on_cRT_warm_cf_tau with the flow latent as the cluster-aided classifier's second input",
+                    {**ON_CRT_ROUTE, **CF2, **TAU, **WARM, "cascade.flow_latent": True}),
+    "kept_latent_all": ("kept_latent with the cluster-aided classifier trained on every sample (the kept "
+                        "configuration: the cascade section of configs/*.yaml)",
+                        {**ON_CRT_ROUTE, **CF2, **TAU, **WARM, "cascade.flow_latent": True,
+                         "cascade.exit_train": "all"}),
+    **{f"kept_latent_all_p{round(100 * q)}": (f"kept_latent_all with filter.llh_proportion {q}",
+                                              {**ON_CRT_ROUTE, **CF2, **TAU, **WARM, "cascade.flow_latent": True,
+                                               "cascade.exit_train": "all", "filter.llh_proportion": q})
+       for q in (0.5, 0.7, 0.9)},
 }
 
 
@@ -144,7 +169,9 @@ def feature_config(name: str, feat_dir: Path, overrides: dict, device: str) -> "
 RESEARCH_CASCADE = {"cascade.base": "BSM", "cascade.regular": "train", "cascade.mix_base": False,
                     "cascade.route_prior": False, "cascade.warm_start": False, "cascade.prior_temperature": 1.0,
                     "cascade.route_share_from": "train", "cascade.crossfit_folds": 0,
-                    "cascade.crossfit_routing": "out_of_fold", "cascade.route_prior_strength": 1.0}
+                    "cascade.crossfit_routing": "out_of_fold", "cascade.route_prior_strength": 1.0,
+                    "cascade.exit_gate": "hard", "cascade.prior_balance": False,
+                    "cascade.exit_train": "routed", "cascade.flow_latent": False}
 
 
 def run_variant(name: str, variant: str, seeds: list[int], root: Path, features_root: Path, device: str) -> dict:

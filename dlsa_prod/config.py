@@ -256,6 +256,8 @@ class CascadeConfig(_Section):
     mix_base: bool = Field(False, description="mix each exit classifier's logits with the base classifier's "
                                               "(weight chosen on val; linear heads)")
     prior_temperature: float = Field(1.0, gt=0, description="cluster prior P -> P^(1/T), renormalised")
+    prior_balance: bool = Field(False, description="cluster priors of a class-balanced set: each class's share "
+                                                    "of a cluster divided by its training count, renormalised")
     route_prior: bool = Field(False, description="add log(share of class y's training samples routed to a "
                                                  "classifier) to its logits: the label prior it meets on a "
                                                  "class-balanced test set (linear heads)")
@@ -278,6 +280,21 @@ class CascadeConfig(_Section):
         "out_of_fold", description="with crossfit_folds: out_of_fold routes each fold with a flow trained without "
                                    "it (F flows per depth); deployed routes every training sample with the deployed "
                                    "flow at its held-out fold's threshold (one flow per depth)"
+    )
+
+    exit_train: Literal["routed", "all"] = Field(
+        "routed", description="routed: each depth's cluster-aided classifier is trained on the samples that exit "
+                              "there (research); all: on every sample that reaches the depth (each with its cluster "
+                              "prior), used only for those that exit (epoch and mixing still chosen on exiting val)"
+    )
+    flow_latent: bool = Field(False, description="the cluster-aided classifier's second feature input is its "
+                                                 "depth's flow latent (standardised on the training samples) instead "
+                                                 "of the feature again (research)")
+    exit_gate: Literal["hard", "soft"] = Field(
+        "hard", description="hard: a sample exits at depth d when its log-likelihood reaches the threshold "
+                            "(research); soft: every depth mixes its exit classifier's log-probabilities with the "
+                            "rest's by sigmoid(slope * (loglik - threshold) + offset), slope and offset chosen on "
+                            "val (cannot be exported yet)"
     )
 
     @field_validator("route_prior_strength", mode="before")

@@ -12,7 +12,10 @@ Three forms of the same rule:
 * ``staged_route``: per-sample routing, each sample runs the filters of the depths it reaches and
   only the classifier it exits at (the staged layout, ``DLSAModel.forward``);
 * ``masked_route``: every depth computed for the whole batch, exits picked with masks, deepest
-  first (the fused graph: no data-dependent shapes).
+  first (the fused graph: no data-dependent shapes);
+* ``soft_cascade``: soft exit gates (``cascade.exit_gate: soft``, training and evaluation only; export
+  refuses them): each depth mixes its exit classifier's log-probabilities with the rest's by
+  sigmoid(slope * (loglik - threshold) + offset); a depth without a gate is the hard cut ``exits``.
 
 Arrays go through an ``ArrayOps`` (``backends.layouts.NumpyOps`` / ``TorchOps``) so one code path
 serves numpy, torch CPU and device memory.  Torch-free: the ONNX Runtime path imports it.
@@ -90,3 +93,21 @@ def masked_route(exit_masks, stage_logits, logits, exit_depth, ops):
         logits = ops.where(ops.column(exit_masks[d]), stage_logits[d], logits)
         exit_depth = ops.where(exit_masks[d], d + 1, exit_depth)
     return logits, exit_depth
+
+
+def gate_weight(loglik, threshold, slope, offset):
+    """s in (0, 1): the exit classifier's share of the log-probabilities (torch tensors)."""
+    return (slope * (loglik - threshold) + offset).sigmoid()
+
+
+def soft_cascade(logp_exit: list, loglik: list, thresholds: list, gates: list, logp_regular):
+    """z_1 of z_d = s_d * logp_exit_d + (1 - s_d) * z_{d+1}, z_{D+1} = logp_regular (torch tensors);
+    ``gates``: one (slope, offset) per depth, None = the hard cut."""
+    z = logp_regular
+    for d in reversed(range(len(logp_exit))):
+        if gates[d] is None:
+            s = exits(loglik[d], thresholds[d]).to(z.dtype)
+        else:
+            s = gate_weight(loglik[d], thresholds[d], *gates[d])
+        z = s[:, None] * logp_exit[d] + (1 - s[:, None]) * z
+    return z

@@ -32,6 +32,7 @@ from ..backends import get_backend
 from ..errors import DLSAError
 from ..metrics import shot_groups
 from ..run_dir import StagingDir, check_replaceable, load_run
+from ..models.exportable import check_exportable
 from ..models.graphs import BackboneGraph, FusedGraph, ImageInput, RegularGraph, staged_graphs
 from ..selection import shipped_model
 from .onnx_export import OPSET, embed_metadata, export_onnx
@@ -100,6 +101,8 @@ def export_bundle(run_dir: str | Path, out: str | Path, layouts=("fused", "stage
     check_replaceable(out, BUNDLE_KIND, [run_dir, features], force)
     run = load_run(run_dir, "cpu")
     name = resolve_model(run.meta, best, model, run_dir / "meta.json")
+    if name == DLSA:
+        check_exportable(run.cfg)  # issue 17: soft exit gates are not in the graphs
     if name != DLSA:
         layouts = (SINGLE,)
         check_options(layouts, trt, triton)

@@ -47,6 +47,10 @@ class FeatureClassifier(nn.Module):
         self.head_x = _head(dim, num_classes, cfg)
         self.head_zp = _head(dim + (num_classes if self.uses_prior else 0), num_classes, cfg)
 
-    def forward(self, x: torch.Tensor, prior: Optional[torch.Tensor] = None) -> torch.Tensor:
-        zp = torch.cat([x, prior], dim=1) if self.uses_prior else x
+    def forward(self, x: torch.Tensor, prior: Optional[torch.Tensor] = None,
+                z: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """z: the second feature input (default: x itself, as in the research code; the flow latent
+        with ``cascade.flow_latent``)."""
+        z = x if z is None else z
+        zp = torch.cat([z, prior], dim=1) if self.uses_prior else z
         return self.head_x(x) + self.head_zp(zp)

@@ -7,7 +7,8 @@ then ``_train_regular``.  The options of ``cfg.cascade`` (warm start, prior shif
 the base classifier, prior temperature, per-depth proportions, route prior) build on a ``base``
 classifier trained beforehand with the baselines (see baselines.py).  ``cascade.crossfit_folds``
 routes the training samples as unseen samples are routed (crossfit.py); mixing weights and the
-route prior strength are fixed after every classifier is trained (head_calibration.py).
+route prior strength are fixed after every classifier is trained (head_calibration.py), and so are
+the soft exit gates of ``cascade.exit_gate: soft`` (exit_gate.py).
 
 Route prior: a classifier trained with balanced softmax on its routed subset is calibrated to a
 uniform label prior, but on a class-balanced test set the samples reaching it follow the share of
@@ -35,6 +36,7 @@ from .baselines import has_bias_head, implied_log_prior
 from .classifier_trainer import ClassifierData, train_classifier
 from .cluster_stats import cluster_priors, score_flow
 from .crossfit import cross_fit, held_out_route_rates
+from .exit_gate import choose_gates
 from .flow_trainer import train_flow
 from .head_calibration import PendingHead, choose_strength, mix_with_base  # noqa: F401 (re-exported)
 from .options import active_options
@@ -55,6 +57,14 @@ def depth_proportion(cfg: RunConfig, depth: int) -> float | None:
     if per and cfg.filter.llh_thres is None:
         return per[min(depth, len(per)) - 1]
     return cfg.filter.llh_proportion
+
+
+def balanced_priors(priors: torch.Tensor, class_counts: torch.Tensor) -> torch.Tensor:
+    """p(y | cluster) of a class-balanced set: each class's column divided by its training count,
+    rows renormalised (the histogram of the long-tailed training samples, p(k | y) p_train(y),
+    becomes p(k | y) -- the prior a balanced-softmax classifier does not count twice)."""
+    p = priors.clamp(min=0) / class_counts.to(priors).clamp(min=1)[None, :]
+    return p / p.sum(1, keepdim=True).clamp(min=1e-12)
 
 
 def tempered_priors(priors: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -161,7 +171,12 @@ def _train_filter(rem: _Remaining, d: int, c: int, cfg: RunConfig, generator: to
     xv, yv = rem.x_va[rem.va], rem.y_va[rem.va]
     sel = (xv, yv) if cfg.gmflow.select_on == "val" else (None, None)
     prop = depth_proportion(cfg, d)
-    temper = lambda p: tempered_priors(p, cfg.cascade.prior_temperature)  # noqa: E731
+    counts = torch.bincount(yd, minlength=c)
+
+    def temper(p: torch.Tensor) -> torch.Tensor:
+        p = balanced_priors(p, counts) if cfg.cascade.prior_balance else p
+        return tempered_priors(p, cfg.cascade.prior_temperature)
+
     folds = cfg.cascade.crossfit_folds
     route_logs = (None, None)
     if folds:
@@ -191,9 +206,11 @@ def _train_filter(rem: _Remaining, d: int, c: int, cfg: RunConfig, generator: to
                    *route_logs)
 
 
-def warm_state_for_exit(base: FeatureClassifier, target: FeatureClassifier) -> dict | None:
+def warm_state_for_exit(base: FeatureClassifier, target: FeatureClassifier, latent: bool = False) -> dict | None:
     """The base (XZ) classifier's weights as a start for a cluster-aided (XZP) classifier: head_x
-    copied, head_zp's feature columns copied and its prior columns zero.  None unless both are linear."""
+    copied, head_zp's feature columns copied and its prior columns zero.  latent (z is the flow
+    latent, not the feature): both base heads folded into head_x, head_zp all zero.  None unless
+    both are linear."""
     if not (_is_plain_linear(base) and _is_plain_linear(target)):
         return None
     state = copy.deepcopy(target.state_dict())
@@ -201,21 +218,51 @@ def warm_state_for_exit(base: FeatureClassifier, target: FeatureClassifier) -> d
     d = b["head_zp.0.weight"].shape[1]
     state["head_x.0.weight"], state["head_x.0.bias"] = b["head_x.0.weight"].clone(), b["head_x.0.bias"].clone()
     w = torch.zeros_like(state["head_zp.0.weight"])
+    if latent:
+        state["head_x.0.weight"] = state["head_x.0.weight"] + b["head_zp.0.weight"]
+        state["head_x.0.bias"] = state["head_x.0.bias"] + b["head_zp.0.bias"]
+        state["head_zp.0.weight"], state["head_zp.0.bias"] = w, torch.zeros_like(state["head_zp.0.bias"])
+        return state
     w[:, :d] = b["head_zp.0.weight"]
     state["head_zp.0.weight"], state["head_zp.0.bias"] = w, b["head_zp.0.bias"].clone()
     return state
 
 
+@dataclass
+class _Latents:
+    """cascade.flow_latent: the depth's flow latent of the remaining training / val samples,
+    standardised by the training samples' mean and std (kept in the DepthStage)."""
+    z_tr: torch.Tensor
+    z_va: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
+@torch.no_grad()
+def flow_latents(f: _Filter) -> _Latents:
+    model = f.flow.model
+    was = model.training
+    model.eval()
+    u_tr, u_va = (torch.cat([model.flow(chunk)[0] for chunk in torch.split(x, 4096)]) if len(x)
+                  else x.new_zeros(0, x.shape[1]) for x in (f.xd, f.xv))
+    model.train(was)
+    mean, std = u_tr.mean(0), u_tr.std(0).clamp(min=1e-6)
+    return _Latents((u_tr - mean) / std, (u_va - mean) / std, mean, std)
+
+
 def _train_exit_classifier(rem: _Remaining, f: _Filter, d: int, c: int, cfg: RunConfig,
-                           generator: torch.Generator, base: FeatureClassifier | None, split_labels: tuple):
+                           generator: torch.Generator, base: FeatureClassifier | None, split_labels: tuple,
+                           lat: _Latents | None = None):
     """Depth d's cluster-aided classifier on the exiting samples (epoch selected on exiting val
-    samples), pending its mixing weight and route prior strength (head_calibration.py)."""
+    samples), pending its mixing weight and route prior strength (head_calibration.py).
+    lat: the flow latents as the classifier's z input (cascade.flow_latent)."""
     xd, yd, xv, yv = f.xd, f.yd, f.xv, f.yv
-    train = ClassifierData(xd[f.out_tr], yd[f.out_tr], f.p_tr[f.out_tr])
-    val = ClassifierData(xv[f.out_va], yv[f.out_va], f.p_va[f.out_va])
+    fit = f.out_tr if cfg.cascade.exit_train == "routed" else slice(None)  # "all": every remaining sample
+    train = ClassifierData(xd[fit], yd[fit], f.p_tr[fit], None if lat is None else lat.z_tr[fit])
+    val = ClassifierData(xv[f.out_va], yv[f.out_va], f.p_va[f.out_va], None if lat is None else lat.z_va[f.out_va])
     init = None
     if cfg.cascade.warm_start and base is not None:
-        init = warm_state_for_exit(base, FeatureClassifier(xd.shape[1], c, cfg.cacls.model))
+        init = warm_state_for_exit(base, FeatureClassifier(xd.shape[1], c, cfg.cacls.model), latent=lat is not None)
         if init is None:
             log.warning("depth %d: warm start needs linear classifiers; starting from scratch", d)
     res = train_classifier(train, val, c, cfg.cacls, generator, desc=f"depth {d} cluster-aided", init_state=init)
@@ -329,10 +376,15 @@ def train_dlsa(splits: Splits, cfg: RunConfig, device: torch.device, generator: 
                      d, rem.tr.numel(), min_remaining)
             break
         f = _train_filter(rem, d, c, cfg, generator)
+        lat = flow_latents(f) if cfg.cascade.flow_latent else None
         res, head = _train_exit_classifier(rem, f, d, c, cfg, generator, base,
-                                           (splits.train.labels, splits.val.labels))
+                                           (splits.train.labels, splits.val.labels), lat)
         heads.append(head)
-        stage = DepthStage(f.flow.model, head.model, c).to(device)
+        stage = DepthStage(f.flow.model, head.model, c, gated=cfg.cascade.exit_gate == "soft",
+                           latent=lat is not None).to(device)
+        if lat is not None:
+            stage.latent_mean.copy_(lat.mean)
+            stage.latent_std.copy_(lat.std)
         stage.threshold.fill_(f.threshold)
         stage.cluster_prior.copy_(f.priors)
         stages.append(stage)
@@ -365,6 +417,11 @@ def train_dlsa(splits: Splits, cfg: RunConfig, device: torch.device, generator: 
                     "prior_shift": cfg.cascade.regular == "prior_shift",
                     "route_prior_strength": tau if reg_head.route is not None or cfg.cascade.route_prior else None})
     model = DLSAModel(stages, reg, c).to(device).eval()
+    if cfg.cascade.exit_gate == "soft":
+        for stage, report, (slope, offset) in zip(model.stages, reports, choose_gates(model, x_va, y_va)):
+            stage.gate_slope.fill_(slope)
+            stage.gate_offset.fill_(offset)
+            report["exit_gate"] = {"slope": slope, "offset": offset}
     return DLSATrainResult(model, reports, train_exit, val_exit, histories)
 
 

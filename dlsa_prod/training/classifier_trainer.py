@@ -38,13 +38,14 @@ class ClassifierData:
     x: torch.Tensor
     y: torch.Tensor
     prior: torch.Tensor | None = None  # (N, C) cluster prior rows, for XZP
+    z: torch.Tensor | None = None  # (N, dim) second feature input (None: x itself; cascade.flow_latent)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
     def rows(self, start: int, end: int) -> "ClassifierData":
-        return ClassifierData(self.x[start:end], self.y[start:end],
-                              None if self.prior is None else self.prior[start:end])
+        cut = lambda t: None if t is None else t[start:end]  # noqa: E731
+        return ClassifierData(self.x[start:end], self.y[start:end], cut(self.prior), cut(self.z))
 
 
 @torch.no_grad()
@@ -54,7 +55,8 @@ def predict_logits(model: FeatureClassifier, data: ClassifierData, batch_size: i
     outs = []
     for i in range(0, len(data), batch_size):
         p = None if data.prior is None else data.prior[i:i + batch_size]
-        outs.append(model(data.x[i:i + batch_size], p))
+        z = None if data.z is None else data.z[i:i + batch_size]
+        outs.append(model(data.x[i:i + batch_size], p, z))
     model.train(was)
     return torch.cat(outs) if outs else data.x.new_zeros(0, model.head_x[-1].weight.shape[0])
 
@@ -118,8 +120,9 @@ def train_classifier(train: ClassifierData, val: ClassifierData, num_classes: in
             idx = order[s + a:s + b]
             xb = torch.index_select(train.x, 0, idx, out=rows_buf[:idx.shape[0]])
             prior = None if train.prior is None else train.prior.index_select(0, idx)
+            zb = None if train.z is None else train.z.index_select(0, idx)
             with forward_autocast(opts.precision, device):
-                logits = forward(xb, prior)
+                logits = forward(xb, prior, zb)
             yb = train.y.index_select(0, idx)
             denom = (e - s) if dist.enabled else None
             if bsm:
