@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from dlsa_prod.cascade_presets import RESEARCH, on_head
 from dlsa_prod.config import config_from_dict, load_config
 from dlsa_prod.data import write_features
 from dlsa_prod.device import resolve_device
@@ -35,8 +36,7 @@ BENCHMARKS = {"fmnist_lt_r100": "configs/fmnist_lt_r100.yaml", "fmnist_lt_r10": 
               "digits_lt": "configs/digits_lt.yaml"}
 
 # Building blocks of the cross-fitting-era variants below.
-ON_CRT_ROUTE = {"cascade.base": "cRT", "cascade.regular": "prior_shift", "cascade.mix_base": True,
-                "cascade.route_prior": True}
+ON_CRT_ROUTE = on_head("cRT")
 ROUTE = {"cascade.route_prior": True}
 WARM = {"cascade.warm_start": True}
 CF2 = {"cascade.crossfit_folds": 2}
@@ -56,9 +56,9 @@ VARIANTS = {
     "q0": ("flow likelihood unweighted (q = 0: head classes modelled best, exit first)",
            {"gmflow.data.weight_q": 0.0}),
     "on_cRT": ("DLSA on the cRT head: prior-shifted cRT regular + mixing",
-               {"cascade.base": "cRT", "cascade.regular": "prior_shift", "cascade.mix_base": True}),
+               on_head("cRT", route_prior=False)),
     "on_LA": ("DLSA on the LA head: prior-shifted LA regular + mixing",
-              {"cascade.base": "LA", "cascade.regular": "prior_shift", "cascade.mix_base": True}),
+              on_head("LA", route_prior=False)),
     "route_prior": ("every classifier's logits + log(share of its class routed there): the test-time label prior",
                     {"cascade.route_prior": True}),
     "route_prior_mix": ("route prior + mixing with plain BSM",
@@ -66,19 +66,15 @@ VARIANTS = {
     "route_prior_warm": ("route prior + warm start",
                          {"cascade.route_prior": True, "cascade.warm_start": True}),
     "on_cRT_route": ("DLSA on the cRT head with route priors everywhere: prior-shifted cRT regular, exits mixed "
-                     "with cRT, + log route share", {"cascade.base": "cRT", "cascade.regular": "prior_shift",
-                                                     "cascade.mix_base": True, "cascade.route_prior": True}),
-    "on_LA_route": ("the same on the LA head", {"cascade.base": "LA", "cascade.regular": "prior_shift",
-                                                 "cascade.mix_base": True, "cascade.route_prior": True}),
+                     "with cRT, + log route share", ON_CRT_ROUTE),
+    "on_LA_route": ("the same on the LA head", on_head("LA")),
     "on_cRT_full": ("on the cRT head: warm start from cRT + route priors + mixing + prior-shifted cRT regular",
-                    {"cascade.base": "cRT", "cascade.regular": "prior_shift", "cascade.mix_base": True,
-                     "cascade.route_prior": True, "cascade.warm_start": True}),
+                    {**ON_CRT_ROUTE, **WARM}),
     "on_cRT_warm_route": ("on the cRT head: warm start from cRT + route priors + prior-shifted cRT regular",
                           {"cascade.base": "cRT", "cascade.regular": "prior_shift", "cascade.route_prior": True,
                            "cascade.warm_start": True}),
     "on_cRT_route_val": ("on_cRT_route with route shares counted on held-out val (not the flow's training samples)",
-                         {"cascade.base": "cRT", "cascade.regular": "prior_shift", "cascade.mix_base": True,
-                          "cascade.route_prior": True, "cascade.route_share_from": "val"}),
+                         {**ON_CRT_ROUTE, "cascade.route_share_from": "val"}),
     "route_prior_val": ("route_prior with route shares counted on val",
                         {"cascade.route_prior": True, "cascade.route_share_from": "val"}),
     "combined": ("prior_shift + mix_base + warm_start",
@@ -166,12 +162,7 @@ def feature_config(name: str, feat_dir: Path, overrides: dict, device: str) -> "
 
 
 # Every variant starts from the research cascade, whatever the config's own cascade section says.
-RESEARCH_CASCADE = {"cascade.base": "BSM", "cascade.regular": "train", "cascade.mix_base": False,
-                    "cascade.route_prior": False, "cascade.warm_start": False, "cascade.prior_temperature": 1.0,
-                    "cascade.route_share_from": "train", "cascade.crossfit_folds": 0,
-                    "cascade.crossfit_routing": "out_of_fold", "cascade.route_prior_strength": 1.0,
-                    "cascade.exit_gate": "hard", "cascade.prior_balance": False,
-                    "cascade.exit_train": "routed", "cascade.flow_latent": False}
+RESEARCH_CASCADE = RESEARCH  # every cascade key reset before a variant applies its own
 
 
 def run_variant(name: str, variant: str, seeds: list[int], root: Path, features_root: Path, device: str) -> dict:

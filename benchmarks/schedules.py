@@ -22,10 +22,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 import longtail_suite as suite  # noqa: E402
 from _subsample import SMALL, small_features  # noqa: E402
 
+from dlsa_prod.config import BASELINE_NAMES  # noqa: E402
+
 ROOT = Path("bench_out/schedules")
 FEATURES = Path("bench_out/features")
 SETS = {"fmnist_lt_r100_1k": "fmnist_lt_r100", "fmnist_lt_r100": "fmnist_lt_r100"}
-NAMES = ("CE", "BSM", "LA", "cRT")
+NAMES = BASELINE_NAMES
 
 
 def hand(bs, lr, epoch):

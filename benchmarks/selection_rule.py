@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dlsa_prod.config import load_config
+from dlsa_prod.config import BASELINE_NAMES, load_config
 from dlsa_prod.selection import DLSA, paired_interval, select_model, val_scores
 
 sys.path.insert(0, str(Path(__file__).parent))
 ROOT = Path("bench_out/selection")
 FEATURES = Path("bench_out/features")
-ORDER = ("CE", "BSM", "LA", "cRT")
+ORDER = BASELINE_NAMES
 
 
 def case_config(case: str, seed: int):

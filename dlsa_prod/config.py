@@ -23,6 +23,11 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
 from .errors import ConfigError
 from .metrics import FEW_SHOT, MANY_SHOT
 
+# the baselines dlsa_prod trains next to DLSA, defined once: the config's choices, the trainers'
+# registry (training/baselines.REGISTRY) and the benchmarks all read this tuple
+BASELINE_NAMES = ("CE", "BSM", "LA", "cRT")
+BaselineName = Literal[BASELINE_NAMES]
+
 class UniqueKeyLoader(yaml.SafeLoader):
     """yaml.SafeLoader that refuses a mapping naming the same key twice (plain YAML keeps the last)."""
 
@@ -244,7 +249,7 @@ class CascadeConfig(_Section):
     """Options beyond the research method (each measured with 3 seeds in docs/benchmarks.md).
     ``base`` names the baseline these options build on; it is trained with the baselines."""
 
-    base: Literal["CE", "BSM", "LA", "cRT"] = "BSM"
+    base: BaselineName = "BSM"
     llh_proportions: Optional[list[float]] = Field(
         None, description="per-depth llh_proportion (the last repeats); null = filter.llh_proportion at every depth"
     )
@@ -430,7 +435,7 @@ class RunConfig(_Section):
                                          "available); a fixed count makes CPU results the same on any core count"
     )
     max_depth: int = Field(1, ge=1)
-    baselines: Optional[list[Literal["CE", "BSM", "LA", "cRT"]]] = Field(
+    baselines: Optional[list[BaselineName]] = Field(
         None, description="baselines to train for comparison (CE, BSM, LA = post-hoc logit adjustment, "
                           "cRT = classifier re-training); null = CE, BSM, LA, cRT"
     )
@@ -484,7 +489,7 @@ class RunConfig(_Section):
 
     @property
     def baseline_losses(self) -> list[str]:
-        return list(self.baselines) if self.baselines else ["CE", "BSM", "LA", "cRT"]
+        return list(self.baselines) if self.baselines else list(BASELINE_NAMES)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -12,7 +12,6 @@ A single process (no WORLD_SIZE, or WORLD_SIZE=1) gets ``SINGLE``: every helper 
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import logging
 import os
@@ -232,14 +231,3 @@ def join_for_run(device_name: str) -> DistContext:
     from .device import resolve_device
 
     return init_from_env(resolve_device(device_name))
-
-
-@contextlib.contextmanager
-def rank_context(cfg):
-    """The run's training options (precision, compile, process group) for every trainer call;
-    ranks other than 0 log errors only (entered after the run's logging is set up)."""
-    from .training.options import TrainOptions, using_options
-
-    quiet_other_ranks()
-    with using_options(TrainOptions.from_config(cfg)) as opts:
-        yield opts

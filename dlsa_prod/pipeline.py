@@ -25,9 +25,9 @@ from .metrics import display_name, display_rows, format_routing_by_class, format
 from .progress import reset_clock
 from .models import FeatureClassifier
 from .run_dir import StagingDir, save_run
-from .selection import method_val_logits, select_model, shipped_model
+from .selection import method_val_logits, select_model, shipped_model, small_split_warning
 from .training import Baseline, DLSATrainResult, dropped_baselines, train_baselines, train_dlsa, uses_base
-from .tune import small_split_warning
+from .training.options import rank_context
 
 log = logging.getLogger("dlsa_prod")
 
@@ -45,7 +45,7 @@ def run_training(cfg: RunConfig, out: Path, force: bool = False) -> dict:
     handler = setup_logging(staging.path / "train.log")
     reset_clock()  # progress lines (outside a terminal) every progress.INTERVAL seconds from now
     try:
-        with logging_redirect_tqdm(loggers=[log]), distributed.rank_context(cfg):
+        with logging_redirect_tqdm(loggers=[log]), rank_context(cfg):
             metrics = _train(cfg, staging.path)
         close_handler(handler)
         staging.commit()

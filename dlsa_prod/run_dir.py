@@ -337,14 +337,15 @@ class LoadedRun:
     baselines: dict[str, FeatureClassifier]
 
 
-def read_run_meta(path: str | Path) -> tuple[RunConfig, dict]:
-    """(config, meta) of a run directory, with one-line errors for missing or unreadable files."""
+def read_run_meta(path: str | Path, required: tuple[str, ...] = REQUIRED) -> tuple[RunConfig, dict]:
+    """(config, meta) of a run directory (or a bundle's torch/ copy of one, whose REQUIRED files are
+    fewer), with one-line errors for missing or unreadable files."""
     path = Path(path)
     if not path.exists():
         remove_stale(path.parent, tags=("old",))  # a kill while replacing it: restore the previous run
     if not path.is_dir():
         raise RunDirError(f"{path}: run directory not found")
-    for name in REQUIRED:
+    for name in required:
         if not (path / name).is_file():
             raise RunDirError(f"{path / name}: missing (not a complete dlsa-prod run directory)")
     try:
@@ -368,23 +369,41 @@ def read_run_meta(path: str | Path) -> tuple[RunConfig, dict]:
 def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     path = Path(path)
     cfg, meta = read_run_meta(path)
-    dim, c, depth = int(meta["dim"]), int(meta["num_classes"]), int(meta["depth"])
-    model = DLSAModel.from_config(cfg, dim, c, depth)
-    load_state(model, path / "model.safetensors", weights_sha256(meta, "model.safetensors"))
+    model = trained_model(cfg, meta, "dlsa", path, weights_sha256(meta, "model.safetensors"))
     baselines = {}
-    # the classifier settings the baselines were trained with: tune's run keeps the config as given's
-    # (its DLSA may use others); runs written before this was recorded used cfg.regcls.model
-    recorded = meta.get("baseline_model")
-    try:
-        bmodel = ClassifierModelConfig(**recorded) if isinstance(recorded, dict) else cfg.regcls.model
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise RunDirError(f"{path / 'meta.json'}: baseline_model unreadable ({str(exc).splitlines()[0]})") from None
     for loss in meta.get("baselines", []):
-        clf = FeatureClassifier(dim, c, bmodel, uses_prior=False)
-        name = f"baseline_{loss}.safetensors"
-        load_state(clf, path / name, weights_sha256(meta, name))
+        clf = trained_model(cfg, meta, loss, path, weights_sha256(meta, weights_file(loss)))
         baselines[loss] = clf.to(device).eval()
     return LoadedRun(path, cfg, meta, model.to(device).eval(), baselines)
+
+
+def weights_file(model_name: str) -> str:
+    """The weights file of the DLSA cascade ("dlsa") or of a baseline, inside a run (or a bundle's torch/)."""
+    return "model.safetensors" if model_name == "dlsa" else f"baseline_{model_name}.safetensors"
+
+
+def trained_model(cfg: RunConfig, meta: dict, model_name: str, directory: Path, sha256: str | None):
+    """The one loader of a trained model, for run directories and the torch backend's bundle copy alike:
+    the DLSA cascade ("dlsa") or baseline MODEL_NAME rebuilt from the run's config and meta.json and
+    loaded strictly from DIRECTORY's weights file (checked against SHA256)."""
+    dim, c, depth = int(meta["dim"]), int(meta["num_classes"]), int(meta["depth"])
+    if model_name == "dlsa":
+        model = DLSAModel.from_config(cfg, dim, c, depth)
+    else:
+        model = FeatureClassifier(dim, c, baseline_model_config(cfg, meta, directory), uses_prior=False)
+    load_state(model, Path(directory) / weights_file(model_name), sha256)
+    return model
+
+
+def baseline_model_config(cfg: RunConfig, meta: dict, directory: Path) -> ClassifierModelConfig:
+    """The classifier settings the baselines were trained with: tune's run keeps the config as given's
+    (its DLSA may use others); runs written before this was recorded used cfg.regcls.model."""
+    recorded = meta.get("baseline_model")
+    try:
+        return ClassifierModelConfig(**recorded) if isinstance(recorded, dict) else cfg.regcls.model
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise RunDirError(f"{Path(directory) / 'meta.json'}: baseline_model unreadable "
+                          f"({str(exc).splitlines()[0]})") from None
 
 
 def weights_sha256(meta: dict, name: str) -> str | None:

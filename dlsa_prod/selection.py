@@ -116,3 +116,17 @@ def method_val_logits(dlsa_model, baselines: dict, fs: FeatureSet, device) -> di
     out = {DLSA: logits_of(dlsa_model, fs.features, device)}
     out.update({k: logits_of(m, fs.features, device) for k, m in baselines.items()})
     return out
+
+
+MIN_PER_CLASS = 10  # fewer val images of a class than this: differences of a few points are noise
+
+
+def small_split_warning(fs: FeatureSet, num_classes: int, purpose: str, minimum: int = MIN_PER_CLASS) -> str | None:
+    """A one-line warning when some class has fewer than `minimum` samples in `fs`, else None."""
+    counts = np.bincount(fs.labels, minlength=num_classes)
+    small = np.flatnonzero(counts < minimum)
+    if not small.size:
+        return None
+    return (f"{fs.source}: too small to decide {purpose}: classes {small[:10].tolist()} have "
+            f"{int(counts.min())}..{int(counts[small].max())} samples (< {minimum} per class); "
+            f"treat differences of a few points as noise (enlarge data.val_per_class)")

@@ -34,18 +34,20 @@ from pathlib import Path
 
 import numpy as np
 
+from .cascade_presets import PRESETS
 from .config import RunConfig, config_from_dict, config_to_yaml
 from .data import FeatureSet, Splits
 from .errors import ConfigError, RunDirError
 from .evaluation import cascade_predictions
 from .metrics import display_name, method_metrics
+from .pipeline import (TrainedModels, comparison_report, load_data, save_models, score_models, seed_everything,
+                       train_models)
 from .progress import progress
-from .selection import shipped_model
+from .selection import shipped_model, small_split_warning
 
 log = logging.getLogger("dlsa_prod")
 
 STATE = "tune_state.json"
-MIN_PER_CLASS = 10
 RUNG_FRACTIONS = (1 / 3, 1.0)
 
 # dotted key -> choices; llh_proportions entries are per depth (the last repeats)
@@ -62,13 +64,6 @@ SPACE = {
     "classifier.length_scale": [1.0, 0.5, 2.0],  # x their optim.updates (or optim.epoch when not set)
 }
 # cascade options (see CascadeConfig): the research method, and the variants that won on val in docs/benchmarks.md
-PRESETS = {"research": {"cascade.regular": "train", "cascade.mix_base": False, "cascade.route_prior": False},
-           "route_prior": {"cascade.regular": "train", "cascade.mix_base": False, "cascade.route_prior": True},
-           "on_BSM": {"cascade.base": "BSM", "cascade.regular": "prior_shift", "cascade.mix_base": True,
-                      "cascade.route_prior": True},
-           "on_cRT": {"cascade.base": "cRT", "cascade.regular": "prior_shift", "cascade.mix_base": True,
-                      "cascade.route_prior": True}}
-
 
 def split_val(val: FeatureSet, num_classes: int, seed: int) -> tuple[FeatureSet, FeatureSet]:
     """(epoch half, selection half): each class's val samples shuffled and halved (epoch half gets the odd one)."""
@@ -81,17 +76,6 @@ def split_val(val: FeatureSet, num_classes: int, seed: int) -> tuple[FeatureSet,
         b.append(idx[k:])
     a, b = np.sort(np.concatenate(a)), np.sort(np.concatenate(b))
     return val.subset(a, f"{val.source} (epoch half)"), val.subset(b, f"{val.source} (selection half)")
-
-
-def small_split_warning(fs: FeatureSet, num_classes: int, purpose: str, minimum: int = MIN_PER_CLASS) -> str | None:
-    """A one-line warning when some class has fewer than `minimum` samples in `fs`, else None."""
-    counts = np.bincount(fs.labels, minlength=num_classes)
-    small = np.flatnonzero(counts < minimum)
-    if not small.size:
-        return None
-    return (f"{fs.source}: too small to decide {purpose}: classes {small[:10].tolist()} have "
-            f"{int(counts.min())}..{int(counts[small].max())} samples (< {minimum} per class); "
-            f"treat differences of a few points as noise (enlarge data.val_per_class)")
 
 
 def candidate_overrides(choice: dict, cfg: RunConfig) -> dict:
@@ -221,7 +205,6 @@ def base_for(cfg: RunConfig, splits: Splits, device):
 
 def evaluate_candidate(cfg: RunConfig, splits: Splits, select: FeatureSet, device) -> float:
     """Train DLSA with cfg on splits (val = epoch half) and return its accuracy on the selection half."""
-    from .pipeline import seed_everything
     from .training import train_dlsa
 
     generator = seed_everything(cfg.seed)
@@ -272,8 +255,6 @@ def run_tune(cfg: RunConfig, out: Path, candidates: int = 8) -> dict:
 
 
 def _search(cfg: RunConfig, out: Path, candidates: int, device) -> dict:
-    from .pipeline import (TrainedModels, comparison_report, load_data, save_models, score_models, seed_everything,
-                           train_models)
     from .run_dir import StagingDir, write_json
 
     splits, backbone = load_data(cfg, out, device, seed_everything(cfg.seed))

@@ -40,7 +40,9 @@ TORCH_DIR = "torch"
 def add_weights(staging: Path, run, model_name: str) -> dict:
     """Copy the run's config, meta and the exported model's weights into STAGING/torch; return the
     manifest's ``torch`` entry."""
-    weights = "model.safetensors" if model_name == "dlsa" else f"baseline_{model_name}.safetensors"
+    from ..run_dir import weights_file
+
+    weights = weights_file(model_name)
     d = staging / TORCH_DIR
     d.mkdir()
     for f in ("config.yaml", "meta.json", weights):
@@ -63,25 +65,15 @@ def buckets_for(max_rows: int) -> list[int]:
 
 def load_model(spec: BundleSpec, device):
     """(module, kind) from the bundle's torch/ copy of the run; weights checked against the manifest."""
-    import yaml
-
-    from ..config import config_from_dict
-    from ..models import DLSAModel, FeatureClassifier
-    from ..run_dir import load_state
+    from ..run_dir import read_run_meta, trained_model
 
     t = spec.artifact("torch")
     if not t:
         raise BundleError(f"{spec.path}: the bundle carries no torch weights (re-export it for backend='torch')")
     d = spec.path / t["dir"]
-    cfg = config_from_dict(yaml.safe_load((d / "config.yaml").read_text()), str(d / "config.yaml"))
-    weights = f"{t['dir']}/{t['weights']}"
-    sha = spec.manifest["files"].get(weights)
-    if spec.source["model"] == "dlsa":
-        model = DLSAModel.from_config(cfg, spec.dim, spec.num_classes, spec.depth)
-    else:
-        model = FeatureClassifier(spec.dim, spec.num_classes, cfg.regcls.model, uses_prior=False)
-    load_state(model, spec.path / weights, sha)
-    return model.to(device).eval()
+    cfg, meta = read_run_meta(d, required=("config.yaml", "meta.json"))
+    sha = spec.manifest["files"].get(f"{t['dir']}/{t['weights']}")
+    return trained_model(cfg, meta, spec.source["model"], d, sha).to(device).eval()
 
 
 class Bucketed:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..config import ClassifierConfig, RunConfig
+from ..config import BASELINE_NAMES, ClassifierConfig, RunConfig
 from ..data import Splits
 from ..models import FeatureClassifier
 from .classifier_trainer import ClassifierData, predict_logits, train_classifier
@@ -35,7 +35,6 @@ from .options import active_options
 
 log = logging.getLogger(__name__)
 
-BASELINE_NAMES = ("CE", "BSM", "LA", "cRT")
 # Trained baselines of this process, by cache_key: runs that differ only in DLSA's settings (the
 # benchmark variants, the tuner's candidates) reuse them; identical by construction (own RNG streams).
 _CACHE: dict = {}
@@ -168,9 +167,8 @@ def _train_crt(ctx: BaselineContext) -> Baseline:
     return ctx.fit("cRT", ctx.classifier_config("CE", "class-balanced"), init_state=state)
 
 
-REGISTRY: dict[str, Callable[[BaselineContext], Baseline]] = {
-    "CE": _train_ce, "BSM": _train_bsm, "LA": _train_la, "cRT": _train_crt,
-}
+REGISTRY: dict[str, Callable[[BaselineContext], Baseline]] = dict(zip(BASELINE_NAMES, (
+    _train_ce, _train_bsm, _train_la, _train_crt)))  # in BASELINE_NAMES' order: CE, BSM, LA, cRT
 
 
 def unavailable_reason(name: str, cfg: RunConfig) -> str | None:

@@ -11,7 +11,7 @@ import contextlib
 import contextvars
 from dataclasses import dataclass, field
 
-from ..distributed import DistContext, current
+from ..distributed import DistContext, current, quiet_other_ranks
 from .precision import check_train_precision
 
 
@@ -44,3 +44,13 @@ def using_options(options: TrainOptions):
         yield options
     finally:
         _active.reset(token)
+
+
+@contextlib.contextmanager
+def rank_context(cfg):
+    """The run's training options (precision, compile, process group) for every trainer call;
+    ranks other than 0 log errors only (entered after the run's logging is set up).  Lives here, not
+    in ``distributed``, so that ``distributed`` never imports ``training``."""
+    quiet_other_ranks()
+    with using_options(TrainOptions.from_config(cfg)) as opts:
+        yield opts
