@@ -96,6 +96,9 @@ class DLSAModel(nn.Module):
         if self.stages and self.stages[0].gated:
             return self._soft_forward(x)
         loglik = x.new_full((x.shape[0], self.depth), float("nan"))
+        if x.shape[0] == 0:  # nothing to route: empty outputs of the right shapes
+            logits = x.new_zeros(0, self.num_classes)
+            return DLSAOutput(logits, logits.argmax(1), torch.zeros(0, dtype=torch.int64, device=x.device), loglik)
 
         def record(d, remaining, ll):
             loglik[remaining, d - 1] = ll
