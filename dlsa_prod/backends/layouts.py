@@ -65,10 +65,7 @@ def run_staged(calls, specs, x, thresholds, depth, ops=NUMPY, timer=None):
     first = {}
 
     def route(d, xr):
-        ll, cluster = _call(calls, specs, filter_name(d), [xr], timer)
-        if d == 1:
-            first["loglik"] = ll  # every row reaches depth 1
-        return ll, cluster
+        return _call(calls, specs, filter_name(d), [xr], timer)
 
     def classify(d, xe, ce):
         return _call(calls, specs, classifier_name(d), [xe, ce], timer)[0]
@@ -76,5 +73,9 @@ def run_staged(calls, specs, x, thresholds, depth, ops=NUMPY, timer=None):
     def regular(xr):
         return _call(calls, specs, REGULAR, [xr], timer)[0]
 
-    logits, exit_depth = staged_route(route, classify, regular, x, thresholds, depth, ops)
+    def record(d, _remaining, ll):
+        if d == 1:
+            first["loglik"] = ll  # every row reaches depth 1
+
+    logits, exit_depth = staged_route(route, classify, regular, x, thresholds, depth, ops, record)
     return logits, exit_depth, first.get("loglik")

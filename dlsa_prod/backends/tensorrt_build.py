@@ -99,7 +99,7 @@ def device_slug(name: str) -> str:
 
 
 def timing_cache_path(trt, cc: str, device: str) -> Path:
-    from .ort import user_cache_dir
+    from ..user_cache import user_cache_dir
 
     return user_cache_dir() / "tensorrt" / f"timing-{trt.__version__}-sm{cc}-{device_slug(device)}.cache"
 

@@ -54,7 +54,7 @@ class EngineRunner:
     input buffers first.  Every bool TensorRT returns is checked and turned into one line."""
 
     def __init__(self, trt, engine, graph: GraphSpec, espec: EngineSpec, memory, where: str):
-        self.trt, self.engine, self.graph, self.memory, self.where = trt, engine, graph, memory, where
+        self.trt, self.engine, self.graph, self.memory = trt, engine, graph, memory
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]

@@ -36,9 +36,9 @@ from ..models.exportable import check_exportable
 from ..models.graphs import BackboneGraph, FusedGraph, ImageInput, RegularGraph, staged_graphs
 from ..selection import shipped_model
 from .onnx_export import OPSET, embed_metadata, export_onnx
-from ..backends.precision_gate import judge
+from ..backends.precision_gate import judge, routing_report
 from .parity import (MAX_VALIDATION, RANDOM_IMAGES, VALIDATION_IMAGES, ParityError, ParityInputs, compare,
-                     feature_inputs, passed, reference, routing_report)
+                     feature_inputs, passed, reference)
 
 log = logging.getLogger("dlsa_prod")
 DLSA = "dlsa"

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..backends.precision_gate import routing_report  # noqa: F401  (re-exported: export's reduced-precision gate)
 from ..errors import DLSAError
 from ..models import DLSAModel
 
