@@ -35,7 +35,7 @@ from dlsa_prod.data import FeatureSet, Splits  # noqa: E402
 from dlsa_prod.logs import setup_logging  # noqa: E402
 from dlsa_prod.training.classifier_trainer import ClassifierData, train_classifier  # noqa: E402
 from dlsa_prod.training.flow_trainer import train_flow  # noqa: E402
-from dlsa_prod.training.options import TrainOptions, using_options  # noqa: E402
+from dlsa_prod.training.options import TrainOptions  # noqa: E402
 
 ROWS, DIM, CLASSES = 115_357, 2048, 1000
 
@@ -93,13 +93,13 @@ class Phase:
             self.peak_kind = "process peak RSS"
 
 
-def profile_flow_epoch(x, y, cfg, device, path: Path) -> dict:
+def profile_flow_epoch(x, y, cfg, device, path: Path, options: TrainOptions) -> dict:
     """One flow epoch under torch.profiler: synchronisations, host-device copies, kernel launches."""
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:
-        train_flow(x, y, CLASSES, cfg.gmflow, cfg.filter, torch.Generator().manual_seed(1), desc="profiled flow")
+        train_flow(x, y, CLASSES, cfg.gmflow, cfg.filter, torch.Generator().manual_seed(1), desc="profiled flow", options=options)
     names = {}
     for e in prof.events():
         names[e.name] = names.get(e.name, 0) + 1
@@ -142,41 +142,40 @@ def main(argv=None):
                "torch": torch.__version__, "rows": rows, "rows_scale": rows / ROWS, "precision": args.precision,
                "compile": args.compile, "data_gib": data_gib, "phases": {}}
     opts = TrainOptions(precision=args.precision, compile=args.compile)
-    with using_options(opts):
-        if device.type == "cuda":  # warm-up: CUDA context, cuBLAS handles, the native op
-            w = cfg.gmflow.model_copy(deep=True)
-            w.optim.epoch = 1
-            train_flow(x[:4096], y[:4096], CLASSES, w, cfg.filter, torch.Generator().manual_seed(2), desc="warm-up")
-        if "flow" in phases:
-            fcfg = cfg.gmflow.model_copy(deep=True)
-            fcfg.optim.epoch = args.flow_epochs
-            with Phase(device) as ph:
-                train_flow(x, y, CLASSES, fcfg, cfg.filter, torch.Generator().manual_seed(1), desc="flow")
-            results["phases"]["flow_epoch"] = {"seconds": ph.seconds / args.flow_epochs, "peak_gib": ph.peak_gib,
-                                               "peak_kind": ph.peak_kind, "epochs_timed": args.flow_epochs}
-        if "classifier" in phases:
-            ccfg = cfg.regcls.model_copy(deep=True)
-            ccfg.optim.epoch = args.classifier_epochs
-            with Phase(device) as ph:
-                train_classifier(ClassifierData(x, y), ClassifierData(xv, yv), CLASSES, ccfg,
-                                 torch.Generator().manual_seed(1), uses_prior=False, desc="classifier")
-            results["phases"]["classifier_epoch"] = {"seconds": ph.seconds / args.classifier_epochs,
-                                                     "peak_gib": ph.peak_gib, "peak_kind": ph.peak_kind,
-                                                     "epochs_timed": args.classifier_epochs}
-        if "e2e" in phases:
-            from dlsa_prod.pipeline import train_models
+    if device.type == "cuda":  # warm-up: CUDA context, cuBLAS handles, the native op
+        w = cfg.gmflow.model_copy(deep=True)
+        w.optim.epoch = 1
+        train_flow(x[:4096], y[:4096], CLASSES, w, cfg.filter, torch.Generator().manual_seed(2), desc="warm-up", options=opts)
+    if "flow" in phases:
+        fcfg = cfg.gmflow.model_copy(deep=True)
+        fcfg.optim.epoch = args.flow_epochs
+        with Phase(device) as ph:
+            train_flow(x, y, CLASSES, fcfg, cfg.filter, torch.Generator().manual_seed(1), desc="flow", options=opts)
+        results["phases"]["flow_epoch"] = {"seconds": ph.seconds / args.flow_epochs, "peak_gib": ph.peak_gib,
+                                           "peak_kind": ph.peak_kind, "epochs_timed": args.flow_epochs}
+    if "classifier" in phases:
+        ccfg = cfg.regcls.model_copy(deep=True)
+        ccfg.optim.epoch = args.classifier_epochs
+        with Phase(device) as ph:
+            train_classifier(ClassifierData(x, y), ClassifierData(xv, yv), CLASSES, ccfg,
+                             torch.Generator().manual_seed(1), uses_prior=False, desc="classifier", options=opts)
+        results["phases"]["classifier_epoch"] = {"seconds": ph.seconds / args.classifier_epochs,
+                                                 "peak_gib": ph.peak_gib, "peak_kind": ph.peak_kind,
+                                                 "epochs_timed": args.classifier_epochs}
+    if "e2e" in phases:
+        from dlsa_prod.pipeline import train_models
 
-            splits = Splits(FeatureSet(x.cpu().numpy(), y.cpu().numpy()), FeatureSet(xv.cpu().numpy(), yv.cpu().numpy()),
-                            FeatureSet(xv.cpu().numpy(), yv.cpu().numpy()), CLASSES)
-            with Phase(device) as ph:
-                train_models(splits, cfg, device, torch.Generator().manual_seed(0))
-            results["phases"]["e2e"] = {"seconds": ph.seconds, "peak_gib": ph.peak_gib, "peak_kind": ph.peak_kind,
-                                        "flow_epochs": cfg.gmflow.optim.epoch, "classifier_epochs": cfg.regcls.optim.epoch}
-        if args.profile:
-            fcfg = cfg.gmflow.model_copy(deep=True)
-            fcfg.optim.epoch = 1
-            pc = cfg.model_copy(update={"gmflow": fcfg})
-            results["profile_counts"] = profile_flow_epoch(x, y, pc, device, args.profile)
+        splits = Splits(FeatureSet(x.cpu().numpy(), y.cpu().numpy()), FeatureSet(xv.cpu().numpy(), yv.cpu().numpy()),
+                        FeatureSet(xv.cpu().numpy(), yv.cpu().numpy()), CLASSES)
+        with Phase(device) as ph:
+            train_models(splits, cfg, device, torch.Generator().manual_seed(0), options=opts)
+        results["phases"]["e2e"] = {"seconds": ph.seconds, "peak_gib": ph.peak_gib, "peak_kind": ph.peak_kind,
+                                    "flow_epochs": cfg.gmflow.optim.epoch, "classifier_epochs": cfg.regcls.optim.epoch}
+    if args.profile:
+        fcfg = cfg.gmflow.model_copy(deep=True)
+        fcfg.optim.epoch = 1
+        pc = cfg.model_copy(update={"gmflow": fcfg})
+        results["profile_counts"] = profile_flow_epoch(x, y, pc, device, args.profile, opts)
     lines = [f"| phase | seconds | {'extrapolated to 115,357 rows' if rows < ROWS else ''} | peak GiB |",
              "|---|---:|---:|---:|"]
     for name, r in results["phases"].items():

@@ -30,6 +30,7 @@ from dlsa_prod.data import write_features
 from dlsa_prod.device import resolve_device
 from dlsa_prod.metrics import display_name
 from dlsa_prod.seeds import SUMMARY_KEYS, run_seeds
+from dlsa_prod.training.train_cache import TrainCache
 from dlsa_prod.selection import shipped_model
 
 BENCHMARKS = {"fmnist_lt_r100": "configs/fmnist_lt_r100.yaml", "fmnist_lt_r10": "configs/fmnist_lt_r10.yaml",
@@ -165,11 +166,13 @@ def feature_config(name: str, feat_dir: Path, overrides: dict, device: str) -> "
 RESEARCH_CASCADE = RESEARCH  # every cascade key reset before a variant applies its own
 
 
-def run_variant(name: str, variant: str, seeds: list[int], root: Path, features_root: Path, device: str) -> dict:
+def run_variant(name: str, variant: str, seeds: list[int], root: Path, features_root: Path, device: str,
+                cache: TrainCache | None = None) -> dict:
+    """cache: shared by the variants of one invocation (identical baselines and flows trained once)."""
     feat_dir = ensure_features(name, features_root)
     cfg = feature_config(name, feat_dir, {**RESEARCH_CASCADE, **VARIANTS[variant][1]}, device)
     t0 = time.perf_counter()
-    summary = run_seeds(cfg, root / name / variant, seeds, force=True)
+    summary = run_seeds(cfg, root / name / variant, seeds, force=True, cache=cache)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     (root / name / variant / "seconds.txt").write_text(f"{summary['seconds']}\n")
     return summary
@@ -303,8 +306,9 @@ def main(argv=None):
     if not args.table:
         seeds = [int(s) for s in args.seeds.split(",")]
         for name in args.bench.split(","):
+            cache = TrainCache()  # one per data set: its variants share the baselines and identical flows
             for variant in args.variants.split(","):
-                run_variant(name, variant, seeds, args.out, args.features, args.device)
+                run_variant(name, variant, seeds, args.out, args.features, args.device, cache)
     table = collect_table(args.out)
     print(table)
     (args.out / "results.md").write_text(table + "\n")

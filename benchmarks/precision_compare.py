@@ -26,7 +26,7 @@ from dlsa_prod.evaluation import cascade_predictions
 from dlsa_prod.logs import setup_logging
 from dlsa_prod.pipeline import seed_everything
 from dlsa_prod.training import train_dlsa
-from dlsa_prod.training.options import TrainOptions, using_options
+from dlsa_prod.training.options import TrainOptions
 
 
 def fmnist_config(feat_dir: Path, seed: int, precision: str, device: str) -> dict:
@@ -72,8 +72,7 @@ def run_one(feat_dir: Path, seed: int, precision: str, device: str) -> dict:
     cfg = config_from_dict(fmnist_config(feat_dir, seed, precision, device))
     splits = load_splits(cfg.data, cfg.seed)
     t0 = time.perf_counter()
-    with using_options(TrainOptions.from_config(cfg)):
-        res = train_dlsa(splits, cfg, torch.device(device), seed_everything(seed))
+    res = train_dlsa(splits, cfg, torch.device(device), seed_everything(seed), options=TrainOptions.from_config(cfg))
     seconds = time.perf_counter() - t0
     pred, exits = cascade_predictions(res.model, splits.test.features, device)
     return {"seed": seed, "precision": precision, "seconds": seconds,

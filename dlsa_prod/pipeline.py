@@ -27,7 +27,8 @@ from .models import FeatureClassifier
 from .run_dir import StagingDir, save_run
 from .selection import method_val_logits, select_model, shipped_model, small_split_warning
 from .training import Baseline, DLSATrainResult, dropped_baselines, train_baselines, train_dlsa, uses_base
-from .training.options import rank_context
+from .training.options import TrainOptions, run_options
+from .training.train_cache import TrainCache
 
 log = logging.getLogger("dlsa_prod")
 
@@ -39,14 +40,16 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def run_training(cfg: RunConfig, out: Path, force: bool = False) -> dict:
+def run_training(cfg: RunConfig, out: Path, force: bool = False, cache: TrainCache | None = None) -> dict:
+    """The `train` job into run directory `out`.  cache: trained flows and baselines to reuse across
+    calls (the benchmarks' variants; `train` itself passes None and trains everything)."""
     distributed.join_for_run(cfg.device)  # torchrun: join the process group; only rank 0 writes `out`
     staging = distributed.RankStaging(lambda: StagingDir(out, force, kind="run", protected_paths=cfg.input_paths()))
     handler = setup_logging(staging.path / "train.log")
     reset_clock()  # progress lines (outside a terminal) every progress.INTERVAL seconds from now
     try:
-        with logging_redirect_tqdm(loggers=[log]), rank_context(cfg):
-            metrics = _train(cfg, staging.path)
+        with logging_redirect_tqdm(loggers=[log]):
+            metrics = _train(cfg, staging.path, run_options(cfg), cache)
         close_handler(handler)
         staging.commit()
     except BaseException:
@@ -93,16 +96,20 @@ def baseline_names(cfg: RunConfig) -> list[str]:
 
 
 def train_models(splits: Splits, cfg: RunConfig, device: torch.device, generator: torch.Generator,
-                 dlsa_cfg: RunConfig | None = None) -> TrainedModels:
+                 dlsa_cfg: RunConfig | None = None, options: TrainOptions | None = None,
+                 cache: TrainCache | None = None) -> TrainedModels:
     """Step 2: the baselines (each in its own random streams), then the DLSA cascade.  The baselines are
-    always cfg's; `dlsa_cfg` (tune's chosen candidate) changes DLSA only, its cascade base included."""
+    always cfg's; `dlsa_cfg` (tune's chosen candidate) changes DLSA only, its cascade base included.
+    options / cache: see training/options.py and training/train_cache.py."""
     dcfg = dlsa_cfg or cfg
-    baselines = train_baselines(splits, cfg, device, baseline_names(cfg))
+    baselines = train_baselines(splits, cfg, device, baseline_names(cfg), options=options, cache=cache)
     base = None
     if uses_base(dcfg):
-        pool = baselines if dcfg.regcls == cfg.regcls else train_baselines(splits, dcfg, device, [dcfg.cascade.base])
+        pool = baselines if dcfg.regcls == cfg.regcls else train_baselines(splits, dcfg, device, [dcfg.cascade.base],
+                                                                           options=options, cache=cache)
         base = pool[dcfg.cascade.base].model if dcfg.cascade.base in pool else None
-    return TrainedModels(train_dlsa(splits, dcfg, device, generator, base), baselines,
+    dlsa = train_dlsa(splits, dcfg, device, generator, base, options=options, cache=cache)
+    return TrainedModels(dlsa, baselines,
                          dropped_baselines(cfg, baseline_names(cfg)), cfg.regcls.model.model_dump(mode="json"))
 
 
@@ -201,18 +208,18 @@ def save_models(workdir: Path, cfg: RunConfig, splits: Splits, models: TrainedMo
         write_tensorboard(workdir / DIRNAME, models.dlsa.histories, metrics)
 
 
-def _train(cfg: RunConfig, workdir: Path) -> dict:
+def _train(cfg: RunConfig, workdir: Path, options: TrainOptions, cache: TrainCache | None) -> dict:
     """The four steps; with cfg.cpu_threads, torch's intra-op thread count is fixed for the run and restored."""
     threads = torch.get_num_threads()
     if cfg.cpu_threads is not None:
         torch.set_num_threads(cfg.cpu_threads)
     try:
-        return _train_steps(cfg, workdir)
+        return _train_steps(cfg, workdir, options, cache)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train_steps(cfg: RunConfig, workdir: Path) -> dict:
+def _train_steps(cfg: RunConfig, workdir: Path, options: TrainOptions, cache: TrainCache | None) -> dict:
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     generator = seed_everything(cfg.seed)
@@ -222,7 +229,7 @@ def _train_steps(cfg: RunConfig, workdir: Path) -> dict:
     # both change CPU results in the last bits (docs/kernels.md, reproducibility)
     log.info("GMM op: %s; CPU threads: %d", gmm_path(device, cfg.gmflow.model.gmm_backend), torch.get_num_threads())
     splits, backbone = load_data(cfg, workdir, device, generator)
-    models = train_models(splits, cfg, device, generator)
+    models = train_models(splits, cfg, device, generator, options=options, cache=cache)
     metrics = score_models(models, splits, cfg, device)
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
     save_models(workdir, cfg, splits, models, backbone, metrics)

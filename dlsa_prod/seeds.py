@@ -88,8 +88,9 @@ def format_summary(summary: dict, title: str, best_counts: dict[str, int] | None
     return "\n".join(lines)
 
 
-def run_seeds(cfg: RunConfig, out: Path, seeds: list[int], force: bool = False) -> dict:
-    """Train cfg once per seed into OUT/seed_<s>/ and write the summary; returns it."""
+def run_seeds(cfg: RunConfig, out: Path, seeds: list[int], force: bool = False, cache=None) -> dict:
+    """Train cfg once per seed into OUT/seed_<s>/ and write the summary; returns it.  cache: a
+    training.train_cache.TrainCache shared with other calls (benchmarks), or None."""
     from .logs import setup_logging
     from .pipeline import run_training
 
@@ -103,7 +104,7 @@ def run_seeds(cfg: RunConfig, out: Path, seeds: list[int], force: bool = False) 
         for seed in seeds:
             log.info("===== seed %d (%d of %d) =====", seed, len(per_seed) + 1, len(seeds))
             run_cfg = cfg.model_copy(update={"seed": seed, "seeds": None}, deep=True)
-            per_seed[seed] = run_training(run_cfg, staging.path / f"seed_{seed}")
+            per_seed[seed] = run_training(run_cfg, staging.path / f"seed_{seed}", cache=cache)
         summary = {"seeds": seeds, "test": summarise(per_seed, "test"), "val": summarise(per_seed, "val"),
                    "best_on_val": [shipped_model(per_seed[s]["best_on_val"]) for s in seeds]}
         counts = Counter(summary["best_on_val"])

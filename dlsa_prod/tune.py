@@ -44,6 +44,8 @@ from .pipeline import (TrainedModels, comparison_report, load_data, save_models,
                        train_models)
 from .progress import progress
 from .selection import shipped_model, small_split_warning
+from .training.options import TrainOptions
+from .training.train_cache import TrainCache
 
 log = logging.getLogger("dlsa_prod")
 
@@ -192,23 +194,26 @@ class TuneState:
         self._write(self.path, self.data)
 
 
-def base_for(cfg: RunConfig, splits: Splits, device):
+def base_for(cfg: RunConfig, splits: Splits, device, options: TrainOptions, cache: TrainCache):
     """The classifier cfg's cascade options build on, trained with cfg's own regular-classifier settings
-    (each candidate's loss / type / sampler / epochs; identical settings are reused from the baselines' cache)."""
+    (each candidate's loss / type / sampler / epochs; identical settings are reused from the tune's cache)."""
     from .training import train_baselines, uses_base
 
     if not uses_base(cfg):
         return None
-    trained = train_baselines(splits, cfg, device, [cfg.cascade.base])
+    trained = train_baselines(splits, cfg, device, [cfg.cascade.base], options=options, cache=cache)
     return trained[cfg.cascade.base].model if cfg.cascade.base in trained else None
 
 
-def evaluate_candidate(cfg: RunConfig, splits: Splits, select: FeatureSet, device) -> float:
-    """Train DLSA with cfg on splits (val = epoch half) and return its accuracy on the selection half."""
+def evaluate_candidate(cfg: RunConfig, splits: Splits, select: FeatureSet, device, options: TrainOptions,
+                       cache: TrainCache) -> float:
+    """Train DLSA with cfg on splits (val = epoch half) and return its accuracy on the selection half.
+    cache: the tune's own (candidates that share a flow or a base classifier train it once)."""
     from .training import train_dlsa
 
     generator = seed_everything(cfg.seed)
-    result = train_dlsa(splits, cfg, device, generator, base_for(cfg, splits, device))
+    result = train_dlsa(splits, cfg, device, generator, base_for(cfg, splits, device, options, cache),
+                        options=options, cache=cache)
     pred, _ = cascade_predictions(result.model, select.features, device)
     return float((pred == select.labels).mean())
 
@@ -266,6 +271,7 @@ def _search(cfg: RunConfig, out: Path, candidates: int, device) -> dict:
     fingerprint = {"config": config_to_yaml(cfg), "candidates": candidates,
                    "train": int(len(splits.train)), "val": int(len(splits.val)), "data": data_digest(splits)}
     state = TuneState(out, fingerprint)
+    options, cache = TrainOptions.from_config(cfg), TrainCache()
     cands = draw_candidates(cfg, candidates, cfg.seed)
     alive = list(range(len(cands)))
     keep = [max(2, math.ceil(len(cands) / 3)), 1]
@@ -279,7 +285,7 @@ def _search(cfg: RunConfig, out: Path, candidates: int, device) -> dict:
                 score = state.get(rung, key)
                 if score is None:
                     ccfg = apply_overrides(cfg, cands[i], frac)
-                    score = evaluate_candidate(ccfg, tsplits, select_half, device)
+                    score = evaluate_candidate(ccfg, tsplits, select_half, device, options, cache)
                     state.put(rung, key, score)
                 scores[rung][i] = score
                 bar.update(1)
@@ -300,7 +306,8 @@ def _search(cfg: RunConfig, out: Path, candidates: int, device) -> dict:
     staging = StagingDir(run_dir, True, kind="run")
     try:
         # the baselines are exactly those `train` runs with the config as given; the candidate changes DLSA only
-        models: TrainedModels = train_models(tsplits, cfg, device, seed_everything(chosen_cfg.seed), chosen_cfg)
+        models: TrainedModels = train_models(tsplits, cfg, device, seed_everything(chosen_cfg.seed), chosen_cfg,
+                                             options=options, cache=cache)
         metrics = score_models(models, tsplits, chosen_cfg, device, select=select_half)
         save_models(staging.path, chosen_cfg, tsplits, models, backbone, metrics)
         staging.commit()

@@ -24,11 +24,10 @@ def test_baselines_independent_of_each_other_and_of_dlsa_rng(setup):
     """A baseline's weights depend only on (seed, name): not on which others run, nor on the global RNG."""
     cfg, splits = setup
     all_four = train_baselines(splits, cfg, torch.device("cpu"), ["CE", "BSM", "LA", "cRT"])
-    from dlsa_prod.training import baselines as bl
-
-    bl._CACHE.clear()  # trained afresh, not reused
     torch.manual_seed(12345)  # DLSA (or anything else) drawing from the global RNG must not matter
-    only_bsm = train_baselines(splits, cfg, torch.device("cpu"), ["BSM"])
+    before = torch.get_rng_state()
+    only_bsm = train_baselines(splits, cfg, torch.device("cpu"), ["BSM"])  # no cache: trained afresh
+    assert torch.equal(torch.get_rng_state(), before)  # and the global generator is left alone
     for k, v in _state(all_four["BSM"].model).items():
         torch.testing.assert_close(v, only_bsm["BSM"].model.state_dict()[k], rtol=0, atol=0)
     other_seed = train_baselines(splits, cfg, torch.device("cpu"), ["BSM"], seed=1)
@@ -77,24 +76,30 @@ def test_bias_shift_and_implied_prior():
 
 
 def test_cache_reuses_identical_baseline_and_returns_copies(setup):
-    from dlsa_prod.training import baselines as bl
+    from dlsa_prod.training.options import TrainOptions
+    from dlsa_prod.training.train_cache import TrainCache
 
     cfg, splits = setup
-    bl._CACHE.clear()
-    a = train_baselines(splits, cfg, torch.device("cpu"), ["BSM"])["BSM"]
-    n = len(bl._CACHE)
-    b = train_baselines(splits, cfg, torch.device("cpu"), ["BSM"])["BSM"]
-    assert len(bl._CACHE) == n and a.model is not b.model
+    cache = TrainCache()
+    a = train_baselines(splits, cfg, torch.device("cpu"), ["BSM"], cache=cache)["BSM"]
+    n = cache.count("baseline")
+    b = train_baselines(splits, cfg, torch.device("cpu"), ["BSM"], cache=cache)["BSM"]
+    assert cache.count("baseline") == n and cache.hits["baseline"] == 1 and a.model is not b.model
     assert all(torch.equal(v, b.model.state_dict()[k]) for k, v in a.model.state_dict().items())
-    from dlsa_prod.training.options import TrainOptions, using_options
-
-    with using_options(TrainOptions(precision="bf16")):  # another precision: trained again, not reused
-        c = train_baselines(splits, cfg, torch.device("cpu"), ["BSM"])["BSM"]
-    assert len(bl._CACHE) == n + 1
+    # another precision: trained again, not reused
+    c = train_baselines(splits, cfg, torch.device("cpu"), ["BSM"], options=TrainOptions(precision="bf16"),
+                        cache=cache)["BSM"]
+    assert cache.count("baseline") == n + 1
     assert any(not torch.equal(v, c.model.state_dict()[k]) for k, v in a.model.state_dict().items())
     cfg.regcls.optim.lr = 0.01  # other settings: trained again
-    train_baselines(splits, cfg, torch.device("cpu"), ["BSM"])
-    assert len(bl._CACHE) == n + 2
+    train_baselines(splits, cfg, torch.device("cpu"), ["BSM"], cache=cache)
+    assert cache.count("baseline") == n + 2
+    cfg.regcls.eval_freq += 1  # any regcls key, not an allow-list of them
+    train_baselines(splits, cfg, torch.device("cpu"), ["BSM"], cache=cache)
+    assert cache.count("baseline") == n + 3 and cache.hits["baseline"] == 1
+    fresh = TrainCache()  # caches are the caller's: another one starts empty
+    train_baselines(splits, cfg, torch.device("cpu"), ["BSM"], cache=fresh)
+    assert fresh.count("baseline") == 1 and fresh.hits["baseline"] == 0
 
 
 def test_each_baseline_trains_on_its_own_seeded_generator(setup, monkeypatch):
@@ -111,7 +116,6 @@ def test_each_baseline_trains_on_its_own_seeded_generator(setup, monkeypatch):
         return real(train, val, c, ccfg, generator, *a, desc=desc, **k)
 
     monkeypatch.setattr(bl, "train_classifier", spy)
-    bl._CACHE.clear()
     train_baselines(splits, cfg, torch.device("cpu"), ["CE", "BSM", "cRT"], seed=7)
     assert seen == {f"baseline {n}": derived_seed(7, n) for n in ("CE", "BSM", "cRT")}
     assert len(set(seen.values())) == 3

@@ -122,18 +122,45 @@ def test_mix_with_base_folds_logits():
 
 
 def test_flow_cache_hit_reproduces_a_fresh_training(tiny_config):
-    """A reused flow (and the random streams restored after it) gives exactly the fresh result."""
-    from dlsa_prod.training import cascade
+    """A reused flow (and the generator states restored after it) gives exactly the fresh result;
+    neither a hit nor a miss reads or writes the global generator."""
+    from dlsa_prod.training.train_cache import TrainCache
 
     splits = load_splits(tiny_config.data, tiny_config.seed)
     x = torch.from_numpy(splits.test.features)
-    cascade._FLOW_CACHE.clear()
-    fresh = train_dlsa(splits, tiny_config, torch.device("cpu"), seed_everything(0)).model(x)
-    assert len(cascade._FLOW_CACHE) == 2  # one flow per depth
-    reused = train_dlsa(splits, tiny_config, torch.device("cpu"), seed_everything(0)).model(x)
-    assert len(cascade._FLOW_CACHE) == 2
-    torch.testing.assert_close(reused.logits, fresh.logits, rtol=0, atol=0)
-    assert torch.equal(reused.exit_depth, fresh.exit_depth)
+    cache = TrainCache()
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    fresh = train_dlsa(splits, tiny_config, torch.device("cpu"), torch.Generator().manual_seed(0), cache=cache)
+    assert torch.equal(torch.get_rng_state(), before)  # a miss leaves the global generator as it was
+    assert cache.count("flow") == 2 and cache.hits["flow"] == 0  # one flow per depth
+    torch.manual_seed(999)  # another global state: must not matter
+    before = torch.get_rng_state()
+    reused = train_dlsa(splits, tiny_config, torch.device("cpu"), torch.Generator().manual_seed(0), cache=cache)
+    assert torch.equal(torch.get_rng_state(), before)  # nor does a hit
+    assert cache.count("flow") == 2 and cache.hits["flow"] == 2
+    uncached = train_dlsa(splits, tiny_config, torch.device("cpu"), torch.Generator().manual_seed(0))
+    for res in (reused, uncached):
+        torch.testing.assert_close(res.model(x).logits, fresh.model(x).logits, rtol=0, atol=0)
+        assert torch.equal(res.model(x).exit_depth, fresh.model(x).exit_depth)
+    other = tiny_config.model_copy(deep=True)
+    other.filter.min_purity = 0.1  # a filter key the flow's quality report reads: a new key, not a stale flow
+    train_dlsa(splits, other, torch.device("cpu"), torch.Generator().manual_seed(0), cache=cache)
+    assert cache.hits["flow"] == 2
+
+
+def test_dlsa_weights_come_from_the_seeded_init_stream(tiny_config):
+    """The modules' initial weights are drawn from the init generator passed in (default
+    module_init_generator(cfg.seed)): another init generator gives another model."""
+    from dlsa_prod.training.random_streams import module_init_generator
+
+    splits = load_splits(tiny_config.data, tiny_config.seed)
+    x = torch.from_numpy(splits.test.features)
+    a = train_dlsa(splits, tiny_config, torch.device("cpu"), torch.Generator().manual_seed(0),
+                   init_generator=module_init_generator(tiny_config.seed)).model(x)
+    b = train_dlsa(splits, tiny_config, torch.device("cpu"), torch.Generator().manual_seed(0),
+                   init_generator=torch.Generator().manual_seed(tiny_config.seed + 1)).model(x)
+    assert not torch.equal(a.logits, b.logits)
 
 
 def test_route_prior_is_log_route_share_minus_trained_prior():

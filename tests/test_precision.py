@@ -10,7 +10,7 @@ from dlsa_prod.errors import ConfigError
 from dlsa_prod.models import FlowGMM
 from dlsa_prod.training.classifier_trainer import ClassifierData, predict_logits, train_classifier
 from dlsa_prod.training.flow_trainer import train_flow
-from dlsa_prod.training.options import TrainOptions, active_options, using_options
+from dlsa_prod.training.options import TrainOptions
 from dlsa_prod.training.precision import forward_autocast, matmul_precision
 
 from conftest import blobs
@@ -63,13 +63,10 @@ def test_trainers_in_bf16_train_and_select():
                                             "optim": {"lr": 0.05, "epoch": 3, "momentum": 0.9}})
     accs = {}
     for p in ("fp32", "bf16"):
-        torch.manual_seed(0)
-        with using_options(TrainOptions(precision=p)):
-            assert active_options().precision == p
-            clf = train_classifier(data, data, 6, ccfg, torch.Generator().manual_seed(0), uses_prior=False)
+        clf = train_classifier(data, data, 6, ccfg, torch.Generator().manual_seed(0), uses_prior=False,
+                               options=TrainOptions(precision=p), init_generator=torch.Generator().manual_seed(0))
         accs[p] = float((predict_logits(clf.model, data).argmax(1) == y).float().mean())
     assert accs["bf16"] == pytest.approx(accs["fp32"], abs=0.05)
-    assert active_options().precision == "fp32"
 
 
 def test_precision_config_field():
@@ -101,11 +98,11 @@ def test_cli_precision_option_reaches_the_config(tiny_files, tmp_path, monkeypat
 
 
 def test_flow_cache_key_depends_on_the_training_precision(tiny_config):
-    from dlsa_prod.training.cascade import flow_cache_key
+    from dlsa_prod.training.cascade import _RunStreams, flow_cache_key
 
     x, y = torch.zeros(4, 8), torch.zeros(4, dtype=torch.int64)
-    keys = {}
-    for p in ("fp32", "bf16"):
-        with using_options(TrainOptions(precision=p)):
-            keys[p] = flow_cache_key(x, y, (None, None), tiny_config, torch.Generator().manual_seed(0))
+    keys = {p: flow_cache_key(x, y, (None, None), tiny_config,
+                              _RunStreams(torch.Generator().manual_seed(0), torch.Generator().manual_seed(0),
+                                          TrainOptions(precision=p), None))
+            for p in ("fp32", "bf16")}
     assert keys["fp32"] != keys["bf16"]

@@ -9,10 +9,11 @@
            cross-entropy.  The representation here is the frozen feature (plus, with hidden layers,
            the CE classifier's hidden layers, which start from CE and keep training).
 
-Every baseline draws from its own generator and its own global-RNG stream, derived from
-(seed, name), so it does not depend on DLSA's settings or on which other baselines run; every
-epoch (and tau) is selected on val.  Hence a process trains each baseline once per (data,
-regular-classifier settings, seed) and reuses it (``_CACHE``).
+Every baseline draws from its own two generators (batch order, initial weights), derived from
+(seed, name), so it does not depend on DLSA's settings, on which other baselines run or on the
+global generator; every epoch (and tau) is selected on val.  Hence a caller that passes a
+``TrainCache`` (tune, the benchmarks) trains each baseline once per (data, regcls section, seed,
+device, training options) and reuses it.
 """
 
 from __future__ import annotations
@@ -31,21 +32,19 @@ from ..config import BASELINE_NAMES, ClassifierConfig, RunConfig
 from ..data import Splits
 from ..models import FeatureClassifier
 from .classifier_trainer import ClassifierData, predict_logits, train_classifier
-from .options import active_options
+from .options import TrainOptions, resolved
+from .random_streams import drawing_from
+from .train_cache import TrainCache, cached, digest
 
 log = logging.getLogger(__name__)
 
-# Trained baselines of this process, by cache_key: runs that differ only in DLSA's settings (the
-# benchmark variants, the tuner's candidates) reuse them; identical by construction (own RNG streams).
-_CACHE: dict = {}
-CACHE_SIZE = 32
 TAU_GRID = tuple(float(t) for t in np.round(np.arange(0.0, 2.01, 0.25), 2))
 
 
 def derived_seed(seed: int, name: str) -> int:
     """A 63-bit seed from (seed, name): stable across runs, machines and Python versions."""
-    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    raw = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(raw[:8], "little") & (2**63 - 1)
 
 
 def derived_generator(seed: int, name: str) -> torch.Generator:
@@ -61,10 +60,13 @@ class Baseline:
 
 
 class BaselineContext:
-    """Shared inputs of the baseline trainers; the CE classifier is trained once and reused by LA and cRT."""
+    """Shared inputs of the baseline trainers; the CE classifier is trained once and reused by LA and cRT.
+    cache: reuse across calls (None: train every baseline this context is asked for)."""
 
-    def __init__(self, splits: Splits, cfg: RunConfig, device: torch.device, seed: int):
+    def __init__(self, splits: Splits, cfg: RunConfig, device: torch.device, seed: int,
+                 options: TrainOptions | None = None, cache: TrainCache | None = None):
         self.splits, self.cfg, self.device, self.seed = splits, cfg, device, seed
+        self.options, self.cache = resolved(options), cache
         self.c = splits.num_classes
         self.train = ClassifierData(torch.from_numpy(splits.train.features).to(device),
                                     torch.from_numpy(splits.train.labels).to(device))
@@ -82,37 +84,24 @@ class BaselineContext:
         return ccfg
 
     def fit(self, name: str, ccfg: ClassifierConfig, init_state: dict | None = None) -> Baseline:
-        """Train one classifier in its own random streams (generator and global RNG) from (seed, name)."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derived_seed(self.seed, f"{name}/init"))
-            res = train_classifier(self.train, self.val, self.c, ccfg, derived_generator(self.seed, name),
-                                   uses_prior=False, desc=f"baseline {name}", init_state=init_state)
+        """Train one classifier on its own generators from (seed, name): batch order and initial weights."""
+        res = train_classifier(self.train, self.val, self.c, ccfg, derived_generator(self.seed, name),
+                               uses_prior=False, desc=f"baseline {name}", init_state=init_state,
+                               options=self.options, init_generator=derived_generator(self.seed, f"{name}/init"))
         return Baseline(res.model, res.best_epoch, res.val_accuracy)
 
     def get(self, name: str) -> Baseline:
         if name not in self.done:
-            key = self.cache_key(name)
-            if key not in _CACHE:
-                _CACHE[key] = REGISTRY[name](self)
-                while len(_CACHE) > CACHE_SIZE:
-                    _CACHE.pop(next(iter(_CACHE)))
-            cached = _CACHE[key]
-            self.done[name] = Baseline(copy.deepcopy(cached.model), cached.epoch, cached.val_accuracy,
-                                       copy.deepcopy(cached.info))
+            self.done[name], _ = cached(self.cache, "baseline", lambda: self.cache_key(name),
+                                        lambda: REGISTRY[name](self))
         return self.done[name]
 
     def cache_key(self, name: str) -> str:
-        """A baseline depends only on the data, the regular classifier's settings, the seed, its name and
-        how it trains (precision, compile, data-parallel world size: see training/options.py)."""
+        """A baseline reads the training and val data, the regcls section (full dump), the seed, the
+        device and the training options (precision, compile, data-parallel world size)."""
         if self._data_hash is None:
-            h = hashlib.sha256()
-            for fs in (self.splits.train, self.splits.val):
-                h.update(np.ascontiguousarray(fs.features).tobytes())
-                h.update(np.ascontiguousarray(fs.labels).tobytes())
-            self._data_hash = h.hexdigest()
-        opts = active_options()
-        how = f"{opts.precision}|{opts.compile}|{opts.dist.world_size}"
-        return f"{self._data_hash}|{self.cfg.regcls.model_dump_json()}|{self.seed}|{self.device}|{how}|{name}"
+            self._data_hash = digest(*(a for fs in (self.splits.train, self.splits.val) for a in (fs.features, fs.labels)))
+        return digest(self._data_hash, self.cfg.regcls, self.seed, str(self.device), self.options, name)
 
 
 def _train_ce(ctx: BaselineContext) -> Baseline:
@@ -155,8 +144,7 @@ def _train_la(ctx: BaselineContext) -> Baseline:
 def _train_crt(ctx: BaselineContext) -> Baseline:
     ce = ctx.get("CE")
     state = copy.deepcopy(ce.model.state_dict())
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derived_seed(ctx.seed, "cRT/reinit"))
+    with drawing_from(derived_generator(ctx.seed, "cRT/reinit")):
         fresh = FeatureClassifier(ctx.splits.dim, ctx.c, ctx.cfg.regcls.model, uses_prior=False)
     fresh_state = fresh.state_dict()
     for head in ("head_x", "head_zp"):
@@ -186,10 +174,11 @@ def dropped_baselines(cfg: RunConfig, names) -> dict[str, str]:
 
 
 def train_baselines(splits: Splits, cfg: RunConfig, device: torch.device, names: list[str] | tuple[str, ...],
-                    seed: int | None = None) -> dict[str, Baseline]:
+                    seed: int | None = None, options: TrainOptions | None = None,
+                    cache: TrainCache | None = None) -> dict[str, Baseline]:
     """Train the named baselines (in the given order); the ones cfg cannot run (dropped_baselines:
-    LA on cosine heads) are skipped with one warning naming the reason."""
-    ctx = BaselineContext(splits, cfg, device, cfg.seed if seed is None else seed)
+    LA on cosine heads) are skipped with one warning naming the reason.  cache: see train_cache.py."""
+    ctx = BaselineContext(splits, cfg, device, cfg.seed if seed is None else seed, options, cache)
     out = {}
     for name in names:
         reason = unavailable_reason(name, cfg)
@@ -213,6 +202,6 @@ def implied_log_prior(name: str, train_counts: np.ndarray) -> torch.Tensor:
 
 
 def train_baseline(splits: Splits, cfg: RunConfig, name: str, device: torch.device,
-                   seed: int | None = None) -> FeatureClassifier:
+                   seed: int | None = None, options: TrainOptions | None = None) -> FeatureClassifier:
     """One baseline's classifier (see train_baselines)."""
-    return BaselineContext(splits, cfg, device, cfg.seed if seed is None else seed).get(name).model
+    return BaselineContext(splits, cfg, device, cfg.seed if seed is None else seed, options).get(name).model

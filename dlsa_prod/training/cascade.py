@@ -39,7 +39,9 @@ from .crossfit import cross_fit, held_out_route_rates
 from .exit_gate import choose_gates
 from .flow_trainer import train_flow
 from .head_calibration import PendingHead, choose_strength, mix_with_base  # noqa: F401 (re-exported)
-from .options import active_options
+from .options import TrainOptions, resolved
+from .random_streams import drawing_from, module_init_generator
+from .train_cache import TrainCache, cached, digest
 
 log = logging.getLogger(__name__)
 
@@ -125,46 +127,42 @@ def _is_plain_linear(model: FeatureClassifier) -> bool:
     return all(len(h) == 1 and isinstance(h[0], nn.Linear) for h in (model.head_x, model.head_zp))
 
 
-# Trained flows of this process by flow_cache_key: runs that differ only in classifier-side
-# settings (benchmark variants, tuner candidates) train the identical flow once.  A hit restores
-# the random streams as they were after training, so everything downstream is unchanged.
-_FLOW_CACHE: dict = {}
-FLOW_CACHE_SIZE = 8
+@dataclass
+class _RunStreams:
+    """What every step of one train_dlsa call draws from or trains with, passed explicitly: the run
+    generator (samplers, folds, cluster centres), the module-init generator (MADE layers and
+    classifier weights: random_streams.py), the training options and the caller's cache (or None)."""
+    generator: torch.Generator
+    init: torch.Generator
+    options: TrainOptions
+    cache: TrainCache | None
 
 
-def flow_cache_key(xd: torch.Tensor, yd: torch.Tensor, sel, cfg: RunConfig, generator: torch.Generator) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for t in (xd, yd, *[t for t in sel if t is not None]):
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    h.update(cfg.gmflow.model_dump_json().encode())
-    h.update(cfg.filter.model_dump_json(include={"min_purity", "min_size", "max_cluster_size"}).encode())
-    h.update(generator.get_state().numpy().tobytes())
-    h.update(torch.get_rng_state().numpy().tobytes())
-    h.update(str(xd.device).encode())
-    opts = active_options()  # precision / compile / data-parallel ranks change the trained flow
-    h.update(f"{opts.precision}|{opts.compile}|{opts.dist.world_size}".encode())
-    return h.hexdigest()
+def flow_cache_key(xd: torch.Tensor, yd: torch.Tensor, sel, cfg: RunConfig, run: _RunStreams) -> str:
+    """A flow reads its training (and selection) samples, the gmflow and filter sections (full dumps),
+    the run and module-init generators' states, the device and the training options."""
+    return digest(xd, yd, *[t for t in sel if t is not None], cfg.gmflow, cfg.filter, run.generator, run.init,
+                  str(xd.device), run.options)
 
 
-def _cached_train_flow(xd, yd, c, cfg: RunConfig, generator: torch.Generator, sel, desc: str):
-    key = flow_cache_key(xd, yd, sel, cfg, generator)
-    hit = _FLOW_CACHE.get(key)
-    if hit is None:
-        flow = train_flow(xd, yd, c, cfg.gmflow, cfg.filter, generator, *sel, desc=desc)
-        _FLOW_CACHE[key] = hit = (copy.deepcopy(flow), generator.get_state(), torch.get_rng_state())
-        while len(_FLOW_CACHE) > FLOW_CACHE_SIZE:
-            _FLOW_CACHE.pop(next(iter(_FLOW_CACHE)))
-    else:
-        log.info("%s: identical flow trained earlier in this process; reused", desc)
-    flow, gen_state, rng_state = hit
-    generator.set_state(gen_state)
-    torch.set_rng_state(rng_state)
-    return copy.deepcopy(flow)
+def _cached_train_flow(xd, yd, c, cfg: RunConfig, run: _RunStreams, sel, desc: str):
+    """train_flow, or the identical flow from run.cache: its entry holds the flow and both generators'
+    states after training, which a hit restores into run's generators (the global generator is
+    never touched), so everything downstream is unchanged."""
+    def train():
+        flow = train_flow(xd, yd, c, cfg.gmflow, cfg.filter, run.generator, *sel, desc=desc, options=run.options,
+                          init_generator=run.init)
+        return flow, run.generator.get_state(), run.init.get_state()
+
+    (flow, gen_state, init_state), hit = cached(run.cache, "flow", lambda: flow_cache_key(xd, yd, sel, cfg, run), train)
+    if hit:
+        log.info("%s: identical flow trained earlier by this caller; reused", desc)
+        run.generator.set_state(gen_state)
+        run.init.set_state(init_state)
+    return flow
 
 
-def _train_filter(rem: _Remaining, d: int, c: int, cfg: RunConfig, generator: torch.Generator) -> _Filter:
+def _train_filter(rem: _Remaining, d: int, c: int, cfg: RunConfig, run: _RunStreams) -> _Filter:
     """Depth d's flow on the remaining training samples, its threshold and cluster priors, and the
     split (training samples routed by the same flow, or cross-fitted: see crossfit.py)."""
     xd, yd = rem.x_tr[rem.tr], rem.y_tr[rem.tr]
@@ -180,8 +178,8 @@ def _train_filter(rem: _Remaining, d: int, c: int, cfg: RunConfig, generator: to
     folds = cfg.cascade.crossfit_folds
     route_logs = (None, None)
     if folds:
-        cf = cross_fit(xd, yd, folds, c, generator,
-                       lambda xf, yf, f: _cached_train_flow(xf, yf, c, cfg, generator, sel,
+        cf = cross_fit(xd, yd, folds, c, run.generator,
+                       lambda xf, yf, f: _cached_train_flow(xf, yf, c, cfg, run, sel,
                                                             f"depth {d} flow, fold {f + 1}/{folds}"),
                        lambda ll: llh_threshold(ll, prop, cfg.filter.llh_thres), temper, cfg.cascade.crossfit_routing)
         flow, thr, priors, p_tr = cf.flow, cf.threshold, cf.priors, cf.sample_priors
@@ -192,7 +190,7 @@ def _train_filter(rem: _Remaining, d: int, c: int, cfg: RunConfig, generator: to
         log.info("depth %d: %d-fold cross-fitted routing; fold thresholds %s", d, folds,
                  ", ".join(f"{t:.4g}" for t in cf.fold_thresholds))
     else:
-        flow = _cached_train_flow(xd, yd, c, cfg, generator, sel, f"depth {d} flow")
+        flow = _cached_train_flow(xd, yd, c, cfg, run, sel, f"depth {d} flow")
         ll_tr, cl_tr = score_flow(flow.model, xd)
         thr = llh_threshold(ll_tr, prop, cfg.filter.llh_thres)
         priors = temper(cluster_priors(cl_tr.cpu(), yd.cpu(), flow.model.num_cluster, c).to(xd.device))
@@ -251,7 +249,7 @@ def flow_latents(f: _Filter) -> _Latents:
 
 
 def _train_exit_classifier(rem: _Remaining, f: _Filter, d: int, c: int, cfg: RunConfig,
-                           generator: torch.Generator, base: FeatureClassifier | None, split_labels: tuple,
+                           run: _RunStreams, base: FeatureClassifier | None, split_labels: tuple,
                            lat: _Latents | None = None):
     """Depth d's cluster-aided classifier on the exiting samples (epoch selected on exiting val
     samples), pending its mixing weight and route prior strength (head_calibration.py).
@@ -262,10 +260,13 @@ def _train_exit_classifier(rem: _Remaining, f: _Filter, d: int, c: int, cfg: Run
     val = ClassifierData(xv[f.out_va], yv[f.out_va], f.p_va[f.out_va], None if lat is None else lat.z_va[f.out_va])
     init = None
     if cfg.cascade.warm_start and base is not None:
-        init = warm_state_for_exit(base, FeatureClassifier(xd.shape[1], c, cfg.cacls.model), latent=lat is not None)
+        with drawing_from(run.init):
+            target = FeatureClassifier(xd.shape[1], c, cfg.cacls.model)
+        init = warm_state_for_exit(base, target, latent=lat is not None)
         if init is None:
             log.warning("depth %d: warm start needs linear classifiers; starting from scratch", d)
-    res = train_classifier(train, val, c, cfg.cacls, generator, desc=f"depth {d} cluster-aided", init_state=init)
+    res = train_classifier(train, val, c, cfg.cacls, run.generator, desc=f"depth {d} cluster-aided", init_state=init,
+                           options=run.options, init_generator=run.init)
     route = offset = None
     if cfg.cascade.route_prior:
         route = _route_log(cfg, f.route_exit_log, rem.tr[f.out_tr], rem.va[f.out_va], split_labels, c)
@@ -319,7 +320,7 @@ def route_shift(cfg_cls, y_subset: torch.Tensor, labels: np.ndarray, reaches: np
     return shift if off is None else shift + off
 
 
-def _train_regular(rem: _Remaining, c: int, cfg: RunConfig, generator: torch.Generator,
+def _train_regular(rem: _Remaining, c: int, cfg: RunConfig, run: _RunStreams,
                    base: FeatureClassifier | None, base_name: str, train_counts: np.ndarray,
                    split_labels: tuple):
     """The regular classifier of the remainder, pending its route prior strength: trained on the
@@ -335,7 +336,8 @@ def _train_regular(rem: _Remaining, c: int, cfg: RunConfig, generator: torch.Gen
         log.warning("regular classifier: prior shift needs a linear base classifier; training one instead")
     init = base.state_dict() if (cfg.cascade.warm_start and base is not None) else None
     res = train_classifier(ClassifierData(rem.x_tr[rem.tr], rem.y_tr[rem.tr]), val,
-                           c, cfg.regcls, generator, uses_prior=False, desc="regular classifier", init_state=init)
+                           c, cfg.regcls, run.generator, uses_prior=False, desc="regular classifier", init_state=init,
+                           options=run.options, init_generator=run.init)
     route = offset = None
     if cfg.cascade.route_prior:
         route = _route_log(cfg, rem.reach_log, rem.tr, rem.va, split_labels, c)
@@ -358,8 +360,14 @@ def _depth_report(d: int, f: _Filter, rem: _Remaining, res, c: int) -> dict:
 
 
 def train_dlsa(splits: Splits, cfg: RunConfig, device: torch.device, generator: torch.Generator,
-               base: FeatureClassifier | None = None) -> DLSATrainResult:
-    """base: the classifier the cascade options build on (cfg.cascade.base), trained with the baselines."""
+               base: FeatureClassifier | None = None, *, options: TrainOptions | None = None,
+               cache: TrainCache | None = None, init_generator: torch.Generator | None = None) -> DLSATrainResult:
+    """base: the classifier the cascade options build on (cfg.cascade.base), trained with the baselines.
+    generator: the run's stream (samplers, folds, cluster centres); init_generator: the modules'
+    initial weights (default: module_init_generator(cfg.seed)); the global generator is neither read
+    nor changed.  options: see training/options.py; cache: see train_cache.py (None: train every flow)."""
+    run = _RunStreams(generator, module_init_generator(cfg.seed) if init_generator is None else init_generator,
+                      resolved(options), cache)
     c = splits.num_classes
     x_tr, y_tr = _tensors(splits.train, device)
     x_va, y_va = _tensors(splits.val, device)
@@ -375,9 +383,9 @@ def train_dlsa(splits: Splits, cfg: RunConfig, device: torch.device, generator: 
             log.info("depth %d: only %d training samples remain (< %d); stopping the recursion",
                      d, rem.tr.numel(), min_remaining)
             break
-        f = _train_filter(rem, d, c, cfg, generator)
+        f = _train_filter(rem, d, c, cfg, run)
         lat = flow_latents(f) if cfg.cascade.flow_latent else None
-        res, head = _train_exit_classifier(rem, f, d, c, cfg, generator, base,
+        res, head = _train_exit_classifier(rem, f, d, c, cfg, run, base,
                                            (splits.train.labels, splits.val.labels), lat)
         heads.append(head)
         stage = DepthStage(f.flow.model, head.model, c, gated=cfg.cascade.exit_gate == "soft",
@@ -400,7 +408,7 @@ def train_dlsa(splits: Splits, cfg: RunConfig, device: torch.device, generator: 
     if not stages:
         raise DLSAError("no depth was trained: too few training samples (see filter.min_remaining)")
     depth = len(stages)
-    reg_head, epoch, val_acc, history = _train_regular(rem, c, cfg, generator, base, cfg.cascade.base,
+    reg_head, epoch, val_acc, history = _train_regular(rem, c, cfg, run, base, cfg.cascade.base,
                                                        splits.train_counts(), (splits.train.labels, splits.val.labels))
     heads.append(reg_head)
     histories["regcls"] = history

@@ -24,7 +24,8 @@ from ..errors import DLSAError
 from ..models import FeatureClassifier
 from .grad_sync import GradientSync
 from .losses import balanced_softmax_loss, classification_loss
-from .options import TrainOptions, active_options
+from .options import TrainOptions, resolved
+from .random_streams import drawing_from
 from .precision import forward_autocast, matmul_precision
 from .samplers import ClassIndex, device_generator, epoch_order
 from .schedule import classifier_schedule, clip_value
@@ -77,17 +78,21 @@ def _hint(cfg: ClassifierConfig, key: str) -> str:
 def train_classifier(train: ClassifierData, val: ClassifierData, num_classes: int, cfg: ClassifierConfig,
                      generator: torch.Generator, uses_prior: bool | None = None, desc: str = "classifier",
                      init_state: Optional[dict] = None, options: TrainOptions | None = None,
-                     config_key: str | None = None) -> ClassifierTrainResult:
+                     config_key: str | None = None, init_generator: torch.Generator | None = None) -> ClassifierTrainResult:
     """init_state: a state dict loaded into the model before training (warm start).  options:
-    precision / compile / process group (default: the active options).  config_key: the config
-    section named in messages (default: regcls when uses_prior is False, else cacls)."""
+    precision / compile / process group (default: TrainOptions()).  config_key: the config
+    section named in messages (default: regcls when uses_prior is False, else cacls).  generator:
+    the batch order; init_generator: the initial weights (None: the global generator; see
+    random_streams.py)."""
     if len(train) == 0:
         raise DLSAError(f"{desc}: no training samples reach this classifier; adjust the filter settings")
-    opts = options or active_options()
+    opts = resolved(options)
     dist = opts.dist
     key = config_key or ("regcls" if uses_prior is False else "cacls")
     device = train.x.device
-    model = FeatureClassifier(train.x.shape[1], num_classes, cfg.model, uses_prior).to(device)
+    with drawing_from(init_generator):
+        model = FeatureClassifier(train.x.shape[1], num_classes, cfg.model, uses_prior)
+    model = model.to(device)
     if init_state is not None:
         model.load_state_dict(init_state)
     dist.sync_module_(model)  # identical start on every rank

@@ -27,7 +27,8 @@ from ..models import BatchNormFlow, FlowGMM
 from .cluster_stats import ClusterQuality, cluster_class_histogram, quality_from_histogram, score_flow
 from .grad_sync import GradientSync
 from .losses import BalanceLoss, class_weights, likelihood_loss, purity_loss
-from .options import TrainOptions, active_options
+from .options import TrainOptions, resolved
+from .random_streams import drawing_from
 from .precision import forward_autocast, matmul_precision
 from .samplers import PairSampler, device_generator
 from .schedule import clip_value
@@ -104,14 +105,19 @@ def _hint(cfg: GMFlowConfig) -> str:
 
 def train_flow(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: GMFlowConfig, fcfg: FilterConfig,
                generator: torch.Generator, select_x: torch.Tensor | None = None, select_y: torch.Tensor | None = None,
-               desc: str = "flow", options: TrainOptions | None = None) -> FlowTrainResult:
+               desc: str = "flow", options: TrainOptions | None = None,
+               init_generator: torch.Generator | None = None) -> FlowTrainResult:
     """x, y: this depth's training samples (on the training device). select_*: the split used for
     epoch selection (defaults to x, y).  options: precision / compile / process group (default:
-    the active options, see training/options.py)."""
-    opts = options or active_options()
+    TrainOptions(), see training/options.py).  generator: the sampler's stream and the cluster
+    centres; init_generator: the MADE layers' initial weights (None: the global generator; see
+    random_streams.py)."""
+    opts = resolved(options)
     dist = opts.dist
     device = x.device
-    model = FlowGMM.from_config(x.shape[1], cfg.model, generator).to(device)
+    with drawing_from(init_generator):
+        model = FlowGMM.from_config(x.shape[1], cfg.model, generator)
+    model = model.to(device)
     dist.sync_module_(model)  # identical start on every rank, whatever their global RNG states
     fused = {"fused": True} if device.type == "cuda" else {}
     opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,

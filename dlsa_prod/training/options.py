@@ -1,14 +1,12 @@
 """How training runs (not what it learns): precision, optional torch.compile, data-parallel context.
 
-``train_flow`` and ``train_classifier`` take ``options=``; when omitted they use the options
-made active by ``using_options`` (the pipeline activates the run's options once, so every
-trainer call inside a run, baselines included, gets the same precision and process group).
+Passed as an argument: ``train_flow``, ``train_classifier``, ``train_baselines`` and ``train_dlsa``
+take ``options=`` (None: ``TrainOptions()``, fp32 on one process).  The pipeline builds the run's
+options once with ``run_options`` and hands the same object to every trainer call.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 from dataclasses import dataclass, field
 
 from ..distributed import DistContext, current, quiet_other_ranks
@@ -29,28 +27,13 @@ class TrainOptions:
         return cls(getattr(cfg, "precision", "fp32"), bool(getattr(cfg, "compile", False)), current())
 
 
-_active: contextvars.ContextVar[TrainOptions] = contextvars.ContextVar("dlsa_prod_train_options",
-                                                                       default=TrainOptions())
-
-
-def active_options() -> TrainOptions:
-    return _active.get()
-
-
-@contextlib.contextmanager
-def using_options(options: TrainOptions):
-    token = _active.set(options)
-    try:
-        yield options
-    finally:
-        _active.reset(token)
-
-
-@contextlib.contextmanager
-def rank_context(cfg):
-    """The run's training options (precision, compile, process group) for every trainer call;
-    ranks other than 0 log errors only (entered after the run's logging is set up).  Lives here, not
-    in ``distributed``, so that ``distributed`` never imports ``training``."""
+def run_options(cfg) -> TrainOptions:
+    """The run's training options (precision, compile, process group) for every trainer call; ranks
+    other than 0 log errors only from here on (call it after the run's logging is set up).  Lives
+    here, not in ``distributed``, so that ``distributed`` never imports ``training``."""
     quiet_other_ranks()
-    with using_options(TrainOptions.from_config(cfg)) as opts:
-        yield opts
+    return TrainOptions.from_config(cfg)
+
+
+def resolved(options: TrainOptions | None) -> TrainOptions:
+    return TrainOptions() if options is None else options
