@@ -46,7 +46,8 @@ def case_config(case: str, seed: int):
     return suite.feature_config(bench, suite.ensure_features(bench, FEATURES), overrides, "cpu")
 
 
-def store_case(case: str, seed: int) -> Path:
+def store_case(case: str, seed: int, cache=None) -> Path:
+    """cache: a TrainCache shared by the cases (cases on one data set and seed share the baselines)."""
     from dlsa_prod.pipeline import load_data, seed_everything, train_models
     from dlsa_prod.selection import method_val_logits
 
@@ -56,7 +57,7 @@ def store_case(case: str, seed: int) -> Path:
     cfg = case_config(case, seed)
     gen = seed_everything(cfg.seed)
     splits, _ = load_data(cfg, Path("/tmp"), "cpu", gen)
-    models = train_models(splits, cfg, "cpu", gen)
+    models = train_models(splits, cfg, "cpu", gen, cache=cache)
     arrays = {"val_y": splits.val.labels, "test_y": splits.test.labels, "num_classes": splits.num_classes}
     for split in ("val", "test"):
         for k, v in method_val_logits(models.dlsa.model, models.baseline_models, getattr(splits, split), "cpu").items():
@@ -157,9 +158,12 @@ def main(argv=None):
     torch.set_num_threads(1)
     cases = args.cases.split(",")
     if not args.table:
+        from dlsa_prod.training.train_cache import TrainCache
+
+        cache = TrainCache()
         for case in cases:
             for s in args.seeds.split(","):
-                print("stored", store_case(case, int(s)), flush=True)
+                print("stored", store_case(case, int(s), cache), flush=True)
     text = score_rules(cases)
     print(text)
     ROOT.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from dlsa_prod.data import load_splits
 from dlsa_prod.evaluation import cascade_predictions
 from dlsa_prod.pipeline import seed_everything
 from dlsa_prod.training import llh_threshold, train_dlsa
-from dlsa_prod.training.cascade import _cached_train_flow
+from dlsa_prod.training.flow_trainer import train_flow
 from dlsa_prod.training.cluster_stats import cluster_priors, score_flow
 from dlsa_prod.training.crossfit import cross_fit, held_out_route_rates, leave_one_out_priors, stratified_folds
 
@@ -63,7 +63,7 @@ def _fold_flow_setup(cfg):
 
     def fold_flow(xf, yf, f):
         calls.append((f, len(yf)))
-        return _cached_train_flow(xf, yf, splits.num_classes, cfg, g, (None, None), f"fold {f}")
+        return train_flow(xf, yf, splits.num_classes, cfg.gmflow, cfg.filter, g, desc=f"fold {f}")
 
     return splits, x, y, g, fold_flow, calls
 

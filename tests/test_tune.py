@@ -106,19 +106,26 @@ def test_candidate_base_follows_the_candidates_classifier_settings(tiny_files):
     import torch
 
     from dlsa_prod.data import load_splits
+    from dlsa_prod.training.options import TrainOptions
+    from dlsa_prod.training.train_cache import TrainCache
     from dlsa_prod.tune import base_for
 
     train, test = tiny_files
     cfg = config_from_dict(tiny_config_dict(train, test, max_depth=1, baselines=["BSM"],
                                             cascade={"warm_start": True, "base": "BSM"}))
     splits = load_splits(cfg.data, cfg.seed)
-    full = base_for(cfg, splits, torch.device("cpu"))
-    short = base_for(apply_overrides(cfg, {}, 1 / 3), splits, torch.device("cpu"))  # a rung-0 candidate
-    cosine = base_for(apply_overrides(cfg, {"regcls.model.type": "cosine"}), splits, torch.device("cpu"))
+    opts, cache = TrainOptions(), TrainCache()  # one tune's cache: other settings must not hit it
+    full = base_for(cfg, splits, torch.device("cpu"), opts, cache)
+    short = base_for(apply_overrides(cfg, {}, 1 / 3), splits, torch.device("cpu"), opts, cache)  # a rung-0 candidate
+    cosine = base_for(apply_overrides(cfg, {"regcls.model.type": "cosine"}), splits, torch.device("cpu"), opts, cache)
+    assert cache.count("baseline") == 3 and cache.hits["baseline"] == 0
+    again = base_for(cfg, splits, torch.device("cpu"), opts, cache)  # the same settings: reused, equal
+    assert cache.hits["baseline"] == 1
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in full.state_dict().items())
     assert any(not torch.equal(v, short.state_dict()[k]) for k, v in full.state_dict().items())
     assert set(cosine.state_dict()) != set(full.state_dict()) or any(
         not torch.equal(v, cosine.state_dict()[k]) for k, v in full.state_dict().items())
-    assert base_for(apply_overrides(cfg, {"cascade.warm_start": False}), splits, torch.device("cpu")) is None
+    assert base_for(apply_overrides(cfg, {"cascade.warm_start": False}), splits, torch.device("cpu"), opts, cache) is None
 
 
 def test_tune_state_unreadable_starts_afresh(tmp_path, capsys):
@@ -179,7 +186,7 @@ def test_the_config_as_given_always_reaches_the_final_rung(tiny_files, tmp_path,
     seen = []
     as_given = {apply_overrides(cfg, {}, f).model_dump_json(): r for r, f in enumerate(tune.RUNG_FRACTIONS)}
 
-    def fake_score(ccfg, splits, select, device):
+    def fake_score(ccfg, splits, select, device, options, cache):
         given = ccfg.model_dump_json() in as_given
         rung = 0 if ccfg.cacls.optim.epoch < cfg.cacls.optim.epoch else 1
         seen.append((rung, given))
