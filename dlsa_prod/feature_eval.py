@@ -56,7 +56,7 @@ def evaluate_feature_set(feat_dir: Path, base: dict, device: torch.device) -> di
     ll_tr, _ = score_flow(flow.model, x_tr)
     thr = llh_threshold(ll_tr, cfg.filter.llh_proportion, cfg.filter.llh_thres)
     ll_te, cl_te = score_flow(flow.model, torch.from_numpy(splits.test.features).to(device))
-    out = exits(ll_te, thr).cpu().numpy()
+    out = exits(ll_te, thr, cl_te).cpu().numpy()
     y_te = splits.test.labels
     q = cluster_quality(cl_te.cpu(), torch.from_numpy(y_te), flow.model.num_cluster, c, cfg.filter.min_purity,
                         cfg.filter.min_size)

@@ -8,7 +8,7 @@ training (the cascade and cross-fitting) and feature evaluation.
 
 Three forms of the same rule:
 
-* ``exits(loglik, threshold)``: the exit mask of one depth (numpy or torch);
+* ``exits(loglik, threshold, cluster)``: the exit mask of one depth (numpy or torch);
 * ``staged_route``: per-sample routing, each sample runs the filters of the depths it reaches and
   only the classifier it exits at (the staged layout, ``DLSAModel.forward``);
 * ``masked_route``: every depth computed for the whole batch, exits picked with masks, deepest
@@ -20,15 +20,22 @@ Three forms of the same rule:
 Arrays go through an ``ArrayOps`` (``backends.layouts.NumpyOps`` / ``TorchOps``) so one code path
 serves numpy, torch CPU and device memory.  Torch-free: the ONNX Runtime path imports it.
 
-To change the rule (per-class or per-cluster thresholds, soft routing), change ``exits`` here
-and where thresholds are computed (``training/cascade.py``, ``llh_threshold``).
+To change the rule (per-cluster thresholds, for instance), change ``exits`` here and where
+thresholds are computed and stored (``training/cascade.py``): every router hands ``exits`` the
+sample's cluster at that depth, the PyTorch model and the fused graph pass each depth's threshold
+buffer as it is (any shape: ``DepthStage`` loads the shape it is given), and run directories
+store ``threshold.tolist()``.  The staged backends read thresholds from the bundle manifest,
+which holds one float per depth (``bundle_spec.py``): a rule with other thresholds ships once the
+manifest carries them.
 """
 
 from __future__ import annotations
 
 
-def exits(loglik, threshold):
-    """Mask of the samples that exit at this depth: loglik >= threshold (NaN compares False)."""
+def exits(loglik, threshold, cluster=None):
+    """Mask of the samples that exit at this depth: loglik >= threshold (NaN compares False).
+    cluster: each sample's cluster at this depth (every router passes it), for rules that read it;
+    the rule as shipped does not."""
     return loglik >= threshold
 
 
@@ -63,7 +70,7 @@ def staged_route(route, classify, regular, x, thresholds, depth: int, ops, recor
         ll, cluster = route(d, xr)
         if record is not None:
             record(d, remaining, ll)
-        out = exits(ll, thresholds[d - 1])
+        out = exits(ll, thresholds[d - 1], cluster)
         n_out = ops.count(out)
         if n_out:
             lo = classify(d, xr[out], cluster[out])
@@ -100,13 +107,13 @@ def gate_weight(loglik, threshold, slope, offset):
     return (slope * (loglik - threshold) + offset).sigmoid()
 
 
-def soft_cascade(logp_exit: list, loglik: list, thresholds: list, gates: list, logp_regular):
+def soft_cascade(logp_exit: list, loglik: list, clusters: list, thresholds: list, gates: list, logp_regular):
     """z_1 of z_d = s_d * logp_exit_d + (1 - s_d) * z_{d+1}, z_{D+1} = logp_regular (torch tensors);
     ``gates``: one (slope, offset) per depth, None = the hard cut."""
     z = logp_regular
     for d in reversed(range(len(logp_exit))):
         if gates[d] is None:
-            s = exits(loglik[d], thresholds[d]).to(z.dtype)
+            s = exits(loglik[d], thresholds[d], clusters[d]).to(z.dtype)
         else:
             s = gate_weight(loglik[d], thresholds[d], *gates[d])
         z = s[:, None] * logp_exit[d] + (1 - s[:, None]) * z

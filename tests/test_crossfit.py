@@ -70,7 +70,7 @@ def _fold_flow_setup(cfg):
 
 def test_each_training_sample_is_routed_as_an_unseen_sample(crossfit_config):
     splits, x, y, g, fold_flow, calls = _fold_flow_setup(crossfit_config)
-    cf = cross_fit(x, y, 2, splits.num_classes, g, fold_flow, lambda ll: llh_threshold(ll, 0.3, None))
+    cf = cross_fit(x, y, 2, splits.num_classes, g, fold_flow, lambda ll, _cl: llh_threshold(ll, 0.3, None))
     trained = [n for _, n in calls]
     assert len(trained) == 2 and sum(trained) == len(y)  # each flow left exactly one fold out
     held = cf.fold == 0
@@ -126,7 +126,7 @@ def test_crossfit_run_with_val_chosen_route_prior_strength(tiny_files, tmp_path)
 
 def test_deployed_routing_trains_one_flow_and_routes_every_sample_with_it(crossfit_config):
     splits, x, y, g, fold_flow, calls = _fold_flow_setup(crossfit_config)
-    cf = cross_fit(x, y, 2, splits.num_classes, g, fold_flow, lambda ll: llh_threshold(ll, 0.3, None),
+    cf = cross_fit(x, y, 2, splits.num_classes, g, fold_flow, lambda ll, _cl: llh_threshold(ll, 0.3, None),
                    routing="deployed")
     trained = [f for f, _ in calls]
     assert trained == [0]
@@ -135,7 +135,7 @@ def test_deployed_routing_trains_one_flow_and_routes_every_sample_with_it(crossf
     rest = ~cf.held_out
     torch.testing.assert_close(cf.sample_priors[rest], cf.priors[cl[rest]])  # counted on fold 0 only
     with pytest.raises(ValueError, match="routing"):
-        cross_fit(x, y, 2, splits.num_classes, g, fold_flow, lambda ll: llh_threshold(ll, 0.3, None),
+        cross_fit(x, y, 2, splits.num_classes, g, fold_flow, lambda ll, _cl: llh_threshold(ll, 0.3, None),
                   routing="sideways")
 
 

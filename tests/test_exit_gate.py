@@ -27,12 +27,12 @@ from conftest import tiny_config_dict
 def test_soft_cascade_is_the_gated_recursion():
     e1, e2, reg = (torch.randn(4, 3).log_softmax(1) for _ in range(3))
     ll1, ll2 = torch.tensor([0.0, 1.0, 2.0, 3.0]), torch.tensor([3.0, 2.0, 1.0, 0.0])
-    z = soft_cascade([e1, e2], [ll1, ll2], [1.5, 1.5], [(2.0, 0.5), (1.0, -1.0)], reg)
+    z = soft_cascade([e1, e2], [ll1, ll2], [None, None], [1.5, 1.5], [(2.0, 0.5), (1.0, -1.0)], reg)
     s1, s2 = torch.sigmoid(2.0 * (ll1 - 1.5) + 0.5), torch.sigmoid(1.0 * (ll2 - 1.5) - 1.0)
     want = s1[:, None] * e1 + (1 - s1[:, None]) * (s2[:, None] * e2 + (1 - s2[:, None]) * reg)
     torch.testing.assert_close(z, want)
     # None: the hard cut, the first depth whose log-likelihood reaches its threshold takes the sample
-    hard = soft_cascade([e1, e2], [ll1, ll2], [1.5, 1.5], [None, None], reg)
+    hard = soft_cascade([e1, e2], [ll1, ll2], [None, None], [1.5, 1.5], [None, None], reg)
     torch.testing.assert_close(hard, torch.stack([e2[0], e2[1], e1[2], e1[3]]))
 
 
@@ -80,9 +80,10 @@ def test_steep_gate_is_the_hard_cascade_and_exit_depths_stay_hard(hard_cascade):
 class _Stage(torch.nn.Module):
     """A stage whose log-likelihood is x[:, 0] and whose classifier returns fixed logits."""
 
-    def __init__(self, logits):
+    def __init__(self, logits, threshold):
         super().__init__()
         self.logits = logits
+        self.register_buffer("threshold", torch.tensor(threshold))
 
     def route(self, x):
         return x[:, 0], torch.zeros(len(x), dtype=torch.int64)
@@ -93,8 +94,7 @@ class _Stage(torch.nn.Module):
 
 class _Model:
     def __init__(self, exit_logits, reg_logits, threshold):
-        self.stages = [_Stage(exit_logits)]
-        self.thresholds = [threshold]
+        self.stages = [_Stage(exit_logits, threshold)]
         self.regular = lambda x: reg_logits
 
 

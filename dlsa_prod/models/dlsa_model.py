@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from ..config import RunConfig
 from ..array_ops import TorchOps
-from ..routing import soft_cascade, staged_route
+from ..routing import exits, soft_cascade, staged_route
 from .classifiers import FeatureClassifier
 from .flow_gmm import FlowGMM
 from .soft_gate import stage_outputs
@@ -45,6 +45,14 @@ class DepthStage(nn.Module):
             dim = filter_model.means.shape[1]
             self.register_buffer("latent_mean", torch.zeros(dim))
             self.register_buffer("latent_std", torch.ones(dim))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the threshold takes the shape it was saved with: a 0-d tensor for the rule as shipped, any
+        # shape a routing rule reads (routing.exits), e.g. one per cluster
+        t = state_dict.get(prefix + "threshold")
+        if t is not None and t.shape != self.threshold.shape:
+            self.threshold = torch.zeros_like(t, dtype=self.threshold.dtype, device=self.threshold.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def gated(self) -> bool:
@@ -88,8 +96,9 @@ class DLSAModel(nn.Module):
         return len(self.stages)
 
     @property
-    def thresholds(self) -> list[float]:
-        return [float(s.threshold) for s in self.stages]
+    def thresholds(self) -> list:
+        """Each depth's threshold as plain Python (a float for the rule as shipped): run metadata, reports, bundles."""
+        return [s.threshold.tolist() for s in self.stages]
 
     def forward(self, x: torch.Tensor) -> DLSAOutput:
         """Per-sample routing: each sample runs only the stages it reaches (soft gates: every stage)."""
@@ -105,19 +114,19 @@ class DLSAModel(nn.Module):
 
         logits, exit_depth = staged_route(lambda d, xr: self.stages[d - 1].route(xr),
                                           lambda d, xe, ce: self.stages[d - 1].classify(xe, ce), self.regular, x,
-                                          self.thresholds, self.depth, TorchOps(x.device), record)
+                                          [s.threshold for s in self.stages], self.depth, TorchOps(x.device), record)
         return DLSAOutput(logits, logits.argmax(1), exit_depth, loglik)
 
     def _soft_forward(self, x: torch.Tensor) -> DLSAOutput:
-        logp, lls, reg = stage_outputs(self, x)
+        logp, lls, clusters, reg = stage_outputs(self, x)
         gates = [(s.gate_slope, s.gate_offset) for s in self.stages]
-        logits = soft_cascade(logp, lls, [s.threshold for s in self.stages], gates, reg)
+        logits = soft_cascade(logp, lls, clusters, [s.threshold for s in self.stages], gates, reg)
         exit_depth = torch.full((x.shape[0],), self.depth + 1, dtype=torch.int64, device=x.device)
         loglik = x.new_full((x.shape[0], self.depth), float("nan"))
         reached = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        for d, (ll, stage) in enumerate(zip(lls, self.stages)):
+        for d, (ll, cluster, stage) in enumerate(zip(lls, clusters, self.stages)):
             loglik[reached, d] = ll[reached]
-            out = reached & (ll >= stage.threshold)
+            out = reached & exits(ll, stage.threshold, cluster)
             exit_depth[out] = d + 1
             reached = reached & ~out
         return DLSAOutput(logits, logits.argmax(1), exit_depth, loglik)

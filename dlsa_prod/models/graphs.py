@@ -61,7 +61,7 @@ class FusedGraph(nn.Module):
         for stage in m.stages:
             ll, cluster = stage.route(x)
             lls.append(ll)
-            masks.append(exits(ll, stage.threshold))
+            masks.append(exits(ll, stage.threshold, cluster))
             stage_logits.append(stage.classify(x, cluster))
         logits, exit_depth = masked_route(masks, stage_logits, logits, exit_depth, TorchOps(x.device))
         return logits, logits.argmax(1), exit_depth, torch.stack(lls, 1)

@@ -17,10 +17,12 @@ import torch
 
 @torch.no_grad()
 def stage_outputs(model, x: torch.Tensor):
-    """Every stage on every sample: (log-probs of each exit classifier, log-likelihoods, regular log-probs)."""
-    logp, lls = [], []
+    """Every stage on every sample: (log-probs of each exit classifier, log-likelihoods, clusters,
+    regular log-probs)."""
+    logp, lls, clusters = [], [], []
     for stage in model.stages:
         ll, cluster = stage.route(x)
         logp.append(stage.classify(x, cluster).log_softmax(1))
         lls.append(ll)
-    return logp, lls, model.regular(x).log_softmax(1)
+        clusters.append(cluster)
+    return logp, lls, clusters, model.regular(x).log_softmax(1)

@@ -181,7 +181,7 @@ def _train_filter(rem: _Remaining, d: int, c: int, cfg: RunConfig, run: _RunStre
         cf = cross_fit(xd, yd, folds, c, run.generator,
                        lambda xf, yf, f: _cached_train_flow(xf, yf, c, cfg, run, sel,
                                                             f"depth {d} flow, fold {f + 1}/{folds}"),
-                       lambda ll: llh_threshold(ll, prop, cfg.filter.llh_thres), temper, cfg.cascade.crossfit_routing)
+                       lambda ll, _cl: llh_threshold(ll, prop, cfg.filter.llh_thres), temper, cfg.cascade.crossfit_routing)
         flow, thr, priors, p_tr = cf.flow, cf.threshold, cf.priors, cf.sample_priors
         out_tr, cont_tr = torch.nonzero(cf.exits).flatten(), torch.nonzero(~cf.exits).flatten()
         exit_log, cont_log = held_out_route_rates(cf, yd, c)

@@ -94,7 +94,7 @@ class CrossFit:
 def cross_fit(x: torch.Tensor, y: torch.Tensor, folds: int, num_classes: int, generator: torch.Generator,
               train_fold_flow, threshold_of, temper=lambda p: p, routing: str = "out_of_fold") -> CrossFit:
     """``train_fold_flow(x_train, y_train, fold_index)`` trains one flow (the caller's settings,
-    cache and epoch selection); ``threshold_of(held_out_loglik)`` gives a fold's threshold (the
+    cache and epoch selection); ``threshold_of(held_out_loglik, held_out_cluster)`` gives a fold's threshold (the
     llh_proportion quantile, or the fixed filter.llh_thres); ``temper`` maps cluster priors
     (cascade.prior_temperature).
 
@@ -116,9 +116,9 @@ def cross_fit(x: torch.Tensor, y: torch.Tensor, folds: int, num_classes: int, ge
         held = fold == f
         flow = train_fold_flow(x[~held], y[~held], f)
         ll, cl = score_flow(flow.model, x[held])
-        thr = float(threshold_of(ll))
+        thr = threshold_of(ll, cl)
         thresholds.append(thr)
-        exits[held] = exit_mask(ll, thr)
+        exits[held] = exit_mask(ll, thr, cl)
         k = flow.model.num_cluster
         sample_priors[held] = temper(leave_one_out_priors(cl, y[held], k, num_classes))
         if f == 0:
@@ -127,7 +127,7 @@ def cross_fit(x: torch.Tensor, y: torch.Tensor, folds: int, num_classes: int, ge
     if routing == "deployed":
         rest = fold != 0
         ll, cl = score_flow(flow.model, x[rest])
-        exits[rest] = exit_mask(ll, thr)
+        exits[rest] = exit_mask(ll, thr, cl)
         sample_priors[rest] = priors[cl]  # counted on fold 0: never includes these samples
     return CrossFit(flow, thr, priors, exits, sample_priors, fold, thresholds)
 

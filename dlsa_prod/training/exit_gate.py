@@ -30,8 +30,8 @@ def balanced_log_loss(logp: torch.Tensor, y: torch.Tensor) -> float:
 
 def choose_gates(model, x_val: torch.Tensor, y_val: torch.Tensor) -> list[tuple[float, float]]:
     """(slope, offset) per depth in log-likelihood units, chosen on val (module docstring)."""
-    logp, lls, reg = stage_outputs(model, x_val)
-    thresholds = model.thresholds
+    logp, lls, clusters, reg = stage_outputs(model, x_val)
+    thresholds = [s.threshold for s in model.stages]
     gates: list = [None] * len(logp)
     for d in reversed(range(len(logp))):
         scale = float(lls[d].std().clamp(min=1e-6)) if len(lls[d]) > 1 else 1.0
@@ -39,7 +39,7 @@ def choose_gates(model, x_val: torch.Tensor, y_val: torch.Tensor) -> list[tuple[
         for a in SLOPE_GRID:
             for b in OFFSET_GRID:
                 trial = gates[:d] + [(a / scale, b)] + gates[d + 1:]
-                z = soft_cascade(logp, lls, thresholds, trial, reg)
+                z = soft_cascade(logp, lls, clusters, thresholds, trial, reg)
                 key = (int((z.argmax(1) == y_val).sum()), -balanced_log_loss(z, y_val))
                 if best is None or key > best[0]:
                     best = (key, a, b)
