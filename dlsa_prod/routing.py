@@ -44,14 +44,20 @@ def regular_exit(depth: int) -> int:
     return depth + 1
 
 
-def split_indices(loglik, threshold: float):
+def split_indices(loglik, threshold, cluster=None):
     """(exit indices, continue indices), ascending, of a torch loglik vector: ``exits`` as index lists
-    for training.  The native ``filter_split`` op does it when built: about 2x faster than mask +
-    nonzero at ImageNet-LT's 115k training rows and 7x at 4k on one CPU thread
-    (``benchmarks/filter_split.py``; table in docs/architecture.md)."""
-    from .ops import filter_split
+    for training.  A scalar threshold goes to the native ``filter_split`` op: about 2x faster than
+    mask + nonzero at ImageNet-LT's 115k training rows and 7x at 4k on one CPU thread
+    (``benchmarks/filter_split.py``; table in docs/architecture.md); any other threshold (a rule
+    that reads more than one number) takes ``exits``' mask."""
+    import torch
 
-    return filter_split(loglik, threshold)
+    if not isinstance(threshold, torch.Tensor) or threshold.dim() == 0:
+        from .ops import filter_split
+
+        return filter_split(loglik, float(threshold))
+    out = exits(loglik, threshold, cluster)
+    return torch.nonzero(out).flatten(), torch.nonzero(~out).flatten()
 
 
 def staged_route(route, classify, regular, x, thresholds, depth: int, ops, record=None):

@@ -195,9 +195,9 @@ def _train_filter(rem: _Remaining, d: int, c: int, cfg: RunConfig, run: _RunStre
         thr = llh_threshold(ll_tr, prop, cfg.filter.llh_thres)
         priors = temper(cluster_priors(cl_tr.cpu(), yd.cpu(), flow.model.num_cluster, c).to(xd.device))
         p_tr = priors[cl_tr]
-        out_tr, cont_tr = split_indices(ll_tr, thr)
+        out_tr, cont_tr = split_indices(ll_tr, thr, cl_tr)
     ll_va, cl_va = score_flow(flow.model, xv)
-    out_va, cont_va = split_indices(ll_va, thr)
+    out_va, cont_va = split_indices(ll_va, thr, cl_va)
     log.info("depth %d: threshold %.4g; %d/%d training and %d/%d val samples exit here",
              d, thr, out_tr.numel(), rem.tr.numel(), out_va.numel(), rem.va.numel())
     return _Filter(xd, yd, xv, yv, flow, thr, priors, p_tr, priors[cl_va], out_tr, cont_tr, out_va, cont_va,
@@ -393,7 +393,7 @@ def train_dlsa(splits: Splits, cfg: RunConfig, device: torch.device, generator: 
         if lat is not None:
             stage.latent_mean.copy_(lat.mean)
             stage.latent_std.copy_(lat.std)
-        stage.threshold.fill_(f.threshold)
+        stage.threshold = torch.as_tensor(f.threshold, dtype=torch.float32, device=device)
         stage.cluster_prior.copy_(f.priors)
         stages.append(stage)
         train_exit[rem.tr[f.out_tr].cpu().numpy()] = d
