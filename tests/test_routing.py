@@ -2,6 +2,7 @@
 other and with a per-sample reading of the rule, on numpy and torch alike; NaN never exits."""
 
 import numpy as np
+import pytest
 import torch
 
 from dlsa_prod.array_ops import NUMPY, TorchOps
@@ -66,3 +67,59 @@ def test_the_model_routes_an_empty_batch(tiny_config):
     with torch.no_grad():
         out = model(torch.zeros(0, 8))
     assert out.logits.shape == (0, 6) and out.exit_depth.shape == (0,) and out.loglik.shape == (0, 2)
+
+
+def _per_cluster_exits(loglik, threshold, cluster=None):
+    """A rule that reads the cluster: one threshold per cluster (a vector), else the shipped rule."""
+    if getattr(threshold, "ndim", 0) == 1:
+        threshold = threshold[cluster]
+    return loglik >= threshold
+
+
+def _install_rule(monkeypatch, rule):
+    """Swap routing.exits wherever a module holds it (what editing routing.exits does)."""
+    import sys
+
+    import dlsa_prod.routing as routing
+
+    shipped = routing.exits
+    for mod in [m for name, m in list(sys.modules.items()) if name.startswith("dlsa_prod") and m is not None]:
+        for attr, value in list(vars(mod).items()):
+            if value is shipped:
+                monkeypatch.setattr(mod, attr, rule)
+
+
+@pytest.mark.parametrize("crossfit", [0, 2])
+def test_a_per_cluster_rule_needs_only_exits_and_the_thresholds(tiny_config, tmp_path, monkeypatch, crossfit):
+    """A per-cluster threshold as an experiment: a new routing.exits and thresholds computed per
+    cluster (the two places docs/architecture.md names) are all it takes.  Training splits, the
+    PyTorch model, the fused graph, cross-fitting, the run directory (save and load) and its metadata
+    follow; the samples of the clusters whose threshold is +inf never exit."""
+    import dlsa_prod.training.cascade as cascade
+    from dlsa_prod.data import load_splits
+    from dlsa_prod.models.graphs import FusedGraph
+    from dlsa_prod.pipeline import run_training
+    from dlsa_prod.run_dir import load_run
+
+    k = tiny_config.gmflow.model.num_cluster
+    closed = torch.arange(k) % 2 == 1  # odd clusters never exit
+    scalar = cascade.llh_threshold
+    monkeypatch.setattr(cascade, "llh_threshold", lambda ll, prop, fixed: torch.where(
+        closed, torch.tensor(float("inf")), torch.tensor(scalar(ll, prop, fixed), dtype=torch.float32)))
+    _install_rule(monkeypatch, _per_cluster_exits)
+    tiny_config.cascade.crossfit_folds = crossfit
+    metrics = run_training(tiny_config, tmp_path / "run")
+    assert all(isinstance(r["threshold"], list) and len(r["threshold"]) == k
+               for r in metrics["depths"] if not r.get("regular"))
+    run = load_run(tmp_path / "run")
+    x = torch.from_numpy(load_splits(tiny_config.data, tiny_config.seed).test.features)
+    with torch.no_grad():
+        out = run.model(x)
+        fused = FusedGraph(run.model)(x)
+        _, cl1 = run.model.stages[0].route(x)
+    assert run.model.stages[0].threshold.shape == (k,)
+    assert 0 < int((out.exit_depth == 1).sum()) and not bool((out.exit_depth[closed[cl1]] == 1).any())
+    assert torch.equal(fused[2], out.exit_depth)
+    torch.testing.assert_close(fused[0], out.logits)
+    assert metrics["test"]["dlsa"]["accuracy"] == pytest.approx(float((out.pred.numpy() == load_splits(
+        tiny_config.data, tiny_config.seed).test.labels).mean()))

@@ -53,6 +53,20 @@ def llh_threshold(loglik: torch.Tensor, llh_proportion: float | None, llh_thres:
     return float(torch.quantile(loglik.double().cpu(), 1.0 - llh_proportion))
 
 
+def plain_threshold(thr):
+    """A depth's threshold as plain Python: the float as computed, or a rule's several as a list."""
+    return thr.tolist() if isinstance(thr, torch.Tensor) else float(thr)
+
+
+def shown_threshold(thr) -> str:
+    """A depth's threshold for the log: one number, or the range of a rule's several (routing.exits)."""
+    t = plain_threshold(thr)
+    if isinstance(t, float):
+        return f"{t:.4g}"
+    flat = torch.as_tensor(t).flatten()
+    return f"{flat.numel()} values {float(flat.min()):.4g}..{float(flat.max()):.4g}"
+
+
 def depth_proportion(cfg: RunConfig, depth: int) -> float | None:
     """llh_proportion of depth `depth` (1-based): cascade.llh_proportions (last repeats) or filter's."""
     per = cfg.cascade.llh_proportions
@@ -188,7 +202,7 @@ def _train_filter(rem: _Remaining, d: int, c: int, cfg: RunConfig, run: _RunStre
         reach = torch.zeros(c) if rem.reach_log is None else rem.reach_log
         route_logs = (reach + exit_log, reach + cont_log)
         log.info("depth %d: %d-fold cross-fitted routing; fold thresholds %s", d, folds,
-                 ", ".join(f"{t:.4g}" for t in cf.fold_thresholds))
+                 ", ".join(shown_threshold(t) for t in cf.fold_thresholds))
     else:
         flow = _cached_train_flow(xd, yd, c, cfg, run, sel, f"depth {d} flow")
         ll_tr, cl_tr = score_flow(flow.model, xd)
@@ -198,8 +212,8 @@ def _train_filter(rem: _Remaining, d: int, c: int, cfg: RunConfig, run: _RunStre
         out_tr, cont_tr = split_indices(ll_tr, thr, cl_tr)
     ll_va, cl_va = score_flow(flow.model, xv)
     out_va, cont_va = split_indices(ll_va, thr, cl_va)
-    log.info("depth %d: threshold %.4g; %d/%d training and %d/%d val samples exit here",
-             d, thr, out_tr.numel(), rem.tr.numel(), out_va.numel(), rem.va.numel())
+    log.info("depth %d: threshold %s; %d/%d training and %d/%d val samples exit here",
+             d, shown_threshold(thr), out_tr.numel(), rem.tr.numel(), out_va.numel(), rem.va.numel())
     return _Filter(xd, yd, xv, yv, flow, thr, priors, p_tr, priors[cl_va], out_tr, cont_tr, out_va, cont_va,
                    *route_logs)
 
@@ -349,7 +363,7 @@ def _train_regular(rem: _Remaining, c: int, cfg: RunConfig, run: _RunStreams,
 def _depth_report(d: int, f: _Filter, rem: _Remaining, res, c: int) -> dict:
     exiting_counts = torch.bincount(f.yd[f.out_tr].cpu(), minlength=c)
     return {
-        "depth": d, "threshold": f.threshold, "train_samples": int(rem.tr.numel()), "train_exit": int(f.out_tr.numel()),
+        "depth": d, "threshold": plain_threshold(f.threshold), "train_samples": int(rem.tr.numel()), "train_exit": int(f.out_tr.numel()),
         "val_samples": int(rem.va.numel()), "val_exit": int(f.out_va.numel()),
         "flow_epoch": f.flow.best_epoch, "pure_clusters": f.flow.quality.good_clusters,
         "used_clusters": f.flow.quality.used_clusters, "cluster_purity": f.flow.quality.mean_purity,
