@@ -221,15 +221,19 @@ def test_ctrl_c_exits_130_with_one_line(cfg_file, tmp_path):
     tree["gmflow"]["optim"]["epoch"] = 100000  # still training when interrupted
     cfg_file.write_text(yaml.safe_dump(tree))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # the child gets SIGINT's default disposition, as a terminal's Ctrl-C finds it: a test run started in
+    # the background (`nohup ... &`) ignores SIGINT, the child would inherit that and never stop
     proc = subprocess.Popen([sys.executable, "-m", "dlsa_prod.cli", "train", str(cfg_file), "--out",
-                             str(tmp_path / "r")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                             str(tmp_path / "r")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while not [p for p in tmp_path.iterdir() if p.name.startswith(".r.partial-")] and time.time() < deadline:
         time.sleep(0.2)
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    # 130, or death by SIGINT when the signal lands while the interpreter finishes (a shell shows 130 for both)
+    assert proc.returncode in (130, -signal.SIGINT), err
     assert err.strip().splitlines()[-1] == "error: interrupted (nothing half-written was left behind)"
     assert "Traceback" not in err
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".r.") or p.name == "r"]
