@@ -73,7 +73,9 @@ def run_one(set_name: str, schedule: str, seed: int, config_overrides: dict) -> 
         return json.loads(out.read_text())
     from dlsa_prod.data import load_splits
     from dlsa_prod.evaluation import classifier_predictions
+    from dlsa_prod.selection import logits_of, val_scores
     from dlsa_prod.training import train_baselines
+    from dlsa_prod.training.baselines import TAU_GRID
 
     over = {"seed": seed, **config_overrides, **{f"regcls.{k}": v for k, v in SCHEDULES[schedule].items()}}
     cfg = suite.feature_config(SETS[set_name], features_of(set_name), over, "cpu")
@@ -81,7 +83,16 @@ def run_one(set_name: str, schedule: str, seed: int, config_overrides: dict) -> 
     res = {}
     for name, b in train_baselines(splits, cfg, "cpu", NAMES).items():
         pred = classifier_predictions(b.model, splits.test.features, "cpu")
-        res[name] = {"test": float((pred == splits.test.labels).mean()), "epoch": b.epoch, "val": b.val_accuracy}
+        val_logits = logits_of(b.model, splits.val.features, "cpu")
+        res[name] = {"test": float((pred == splits.test.labels).mean()), "epoch": b.epoch, "val": b.val_accuracy,
+                     "val_scores": val_scores(val_logits, splits.val.labels, splits.num_classes), "info": b.info}
+        if name == "CE":  # every tau of post-hoc logit adjustment: val scores and test accuracy (LA rules)
+            test_logits = logits_of(b.model, splits.test.features, "cpu")
+            log_prior = np.log(np.maximum(splits.train_counts(), 1) / np.maximum(splits.train_counts(), 1).sum())
+            res["_la_taus"] = {str(t): {"val": val_scores(val_logits - t * log_prior, splits.val.labels,
+                                                          splits.num_classes),
+                                        "test": float(((test_logits - t * log_prior).argmax(1)
+                                                       == splits.test.labels).mean())} for t in TAU_GRID}
     res["_train_samples"] = int(len(splits.train))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res))

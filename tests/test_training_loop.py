@@ -236,3 +236,41 @@ def test_classifier_length_in_updates_fits_the_data_size():
     with pytest.raises(ConfigError, match=r"regcls\.optim.*updates: cannot be combined with optim\.steps") as exc:
         config_from_dict({"data": {"train": "a.h5", "test": "b.h5"}, "regcls": {"optim": {"updates": 100, "steps": [5]}}})
     assert "\n" not in str(exc.value)
+
+
+def test_classifier_learning_rate_chosen_on_val_from_a_list(caplog):
+    """optim.lr as a list: every candidate trains exactly as a run with that single lr would (same
+    start, same draws), the val-best is kept (and recorded), and a bad list is one line naming the key."""
+    from dlsa_prod.config import config_from_dict
+    from dlsa_prod.errors import ConfigError
+    from dlsa_prod.training.lr_candidates import val_log_loss
+
+    fs = blobs([60, 30, 10], seed=2, spread=1.5)
+    data = ClassifierData(torch.from_numpy(fs.features), torch.from_numpy(fs.labels))
+    val_fs = blobs([20, 20, 20], seed=2, spread=1.5)  # same centres, balanced
+    val = ClassifierData(torch.from_numpy(val_fs.features), torch.from_numpy(val_fs.labels))
+
+    def cfg(lr):
+        return ClassifierConfig.model_validate({"eval_freq": 1, "optim": {"lr": lr, "epoch": 3, "momentum": 0.9},
+                                                "model": {"inputs": "XZ"}, "data": {"batchsize": 16}})
+
+    def run(lr):
+        torch.manual_seed(5)
+        return train_classifier(data, val, 3, cfg(lr), torch.Generator().manual_seed(0), uses_prior=False)
+
+    rates = [1e-5, 0.05]
+    singles = [run(lr) for lr in rates]
+    key = [(r.val_accuracy, -val_log_loss(r.model, val, 3)) for r in singles]
+    assert key[1] > key[0]  # the tiny lr barely moves from the random start
+    with caplog.at_level(logging.INFO):
+        chosen = run(rates)
+    assert chosen.learning_rate == 0.05 and chosen.val_accuracy == singles[1].val_accuracy
+    for a, b in zip(chosen.model.state_dict().values(), singles[1].model.state_dict().values()):
+        assert torch.equal(a, b)  # bit-identical to the single-lr run
+    assert "lr 0.05 chosen on val from [1e-05, 0.05]" in caplog.text
+    # the later candidate wins only when strictly better: the same lr twice keeps the first
+    assert run([0.05, 0.05]).learning_rate == 0.05 and run(0.05).learning_rate is None
+    for bad, msg in (([], "non-empty"), ([0.1, True], "expected numbers"), ([0.1, -1], "> 0")):
+        with pytest.raises(ConfigError, match=rf"regcls\.optim\.lr.*{msg}") as exc:
+            config_from_dict({"data": {"train": "a.h5", "test": "b.h5"}, "regcls": {"optim": {"lr": bad}}})
+        assert "\n" not in str(exc.value)

@@ -23,6 +23,7 @@ from ..config import ClassifierConfig
 from ..errors import DLSAError
 from ..models import FeatureClassifier
 from .grad_sync import GradientSync
+from .lr_candidates import train_over_learning_rates
 from .losses import balanced_softmax_loss, classification_loss
 from .options import TrainOptions, active_options
 from .precision import forward_autocast, matmul_precision
@@ -68,6 +69,7 @@ class ClassifierTrainResult:
     val_accuracy: float | None
     history: list[dict] = field(default_factory=list)
     stopped_epoch: int | None = None
+    learning_rate: float | None = None  # the one chosen on val when optim.lr lists candidates
 
 
 def _hint(cfg: ClassifierConfig, key: str) -> str:
@@ -83,6 +85,10 @@ def train_classifier(train: ClassifierData, val: ClassifierData, num_classes: in
     section named in messages (default: regcls when uses_prior is False, else cacls)."""
     if len(train) == 0:
         raise DLSAError(f"{desc}: no training samples reach this classifier; adjust the filter settings")
+    if isinstance(cfg.optim.lr, list):  # candidates: each trained, the val-best kept (lr_candidates.py)
+        return train_over_learning_rates(train_classifier, train, val, num_classes, cfg, generator, desc,
+                                         uses_prior=uses_prior, init_state=init_state, options=options,
+                                         config_key=config_key)
     opts = options or active_options()
     dist = opts.dist
     key = config_key or ("regcls" if uses_prior is False else "cacls")

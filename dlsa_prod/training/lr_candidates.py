@@ -1,0 +1,70 @@
+"""A classifier's learning rate chosen on val from a list (``cacls`` / ``regcls`` ``optim.lr: [0.05, 0.1]``).
+
+Every candidate trains from the same start: the generator's and the global RNG's states are put back
+before each, so a candidate trains exactly as a run with that single learning rate would.  Each selects
+its own epoch on val as usual; the candidate with the best val accuracy at its selected epoch is kept,
+ties broken by the lower class-balanced val log-loss (dlsa_prod.selection), then by the list order.
+With no val samples the first candidate is kept.  The RNG states are left as after the last candidate.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def learning_rates(cfg) -> list[float]:
+    """The candidate learning rates of a classifier config (one when optim.lr is a number)."""
+    lr = cfg.optim.lr
+    return [float(x) for x in lr] if isinstance(lr, (list, tuple)) else [float(lr)]
+
+
+def _rng_states(generator: torch.Generator, device: torch.device) -> tuple:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return generator.get_state(), torch.random.get_rng_state(), cuda
+
+
+def _restore(states: tuple, generator: torch.Generator, device: torch.device) -> None:
+    generator.set_state(states[0])
+    torch.random.set_rng_state(states[1])
+    if states[2] is not None:
+        torch.cuda.set_rng_state(states[2], device)
+
+
+def val_log_loss(model, val, num_classes: int) -> float:
+    """Class-balanced log-loss of the model on val (lower is better)."""
+    from ..selection import val_scores
+    from .classifier_trainer import predict_logits
+
+    logits = predict_logits(model, val).float().cpu().numpy()
+    return val_scores(logits, val.y.cpu().numpy(), num_classes)["balanced_log_loss"]
+
+
+def train_over_learning_rates(train_one: Callable, train, val, num_classes: int, cfg, generator: torch.Generator,
+                              desc: str, **kwargs):
+    """train_one(train, val, num_classes, cfg_with_one_lr, generator, desc=..., **kwargs) per candidate;
+    the val-best result (see the module docstring)."""
+    rates = learning_rates(cfg)
+    device = train.x.device
+    start = _rng_states(generator, device)
+    best, best_key, keys = None, None, []
+    for i, lr in enumerate(rates):
+        _restore(start, generator, device)
+        one = cfg.model_copy(deep=True)
+        one.optim.lr = lr
+        res = train_one(train, val, num_classes, one, generator, desc=f"{desc} (lr {lr:g})", **kwargs)
+        if len(val) == 0 or res.val_accuracy is None:
+            key = (0.0, 0.0)
+        else:
+            key = (res.val_accuracy, -val_log_loss(res.model, val, num_classes))
+        keys.append(key)
+        if best is None or key > best_key:
+            best, best_key, best_lr = res, key, lr
+    log.info("%s: lr %g chosen on val from %s (val acc, -balanced log-loss: %s)", desc, best_lr, rates,
+             ", ".join(f"{a:.4f}/{b:.4f}" for a, b in keys))
+    best.learning_rate = best_lr
+    return best
