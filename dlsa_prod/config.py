@@ -125,7 +125,7 @@ class ClassifierOptimConfig(_OptimBase):
 
     lr: Union[float, list[float]] = Field(
         1e-2, description="learning rate, or a list of candidates: each trained from the same start, the one with "
-                          "the best val accuracy kept (ties: lower class-balanced val log-loss)")
+                          "the lowest class-balanced val log-loss kept (training/lr_candidates.py)")
     epoch: int = Field(150, ge=1)
     updates: Optional[int] = Field(
         None, ge=1, description="training length in optimizer updates (overrides epoch): each classifier trains "

@@ -260,8 +260,8 @@ def test_classifier_learning_rate_chosen_on_val_from_a_list(caplog):
 
     rates = [1e-5, 0.05]
     singles = [run(lr) for lr in rates]
-    key = [(r.val_accuracy, -val_log_loss(r.model, val, 3)) for r in singles]
-    assert key[1] > key[0]  # the tiny lr barely moves from the random start
+    key = [(-val_log_loss(r.model, val, 3), r.val_accuracy) for r in singles]
+    assert key[1] > key[0]  # the tiny lr barely moves from the random start: a higher val log-loss
     with caplog.at_level(logging.INFO):
         chosen = run(rates)
     assert chosen.learning_rate == 0.05 and chosen.val_accuracy == singles[1].val_accuracy
@@ -274,3 +274,30 @@ def test_classifier_learning_rate_chosen_on_val_from_a_list(caplog):
         with pytest.raises(ConfigError, match=rf"regcls\.optim\.lr.*{msg}") as exc:
             config_from_dict({"data": {"train": "a.h5", "test": "b.h5"}, "regcls": {"optim": {"lr": bad}}})
         assert "\n" not in str(exc.value)
+
+
+def test_learning_rate_candidates_ranked_by_val_log_loss_then_accuracy(monkeypatch):
+    """The rule itself: lowest balanced val log-loss, ties to the higher val accuracy, then the list
+    order; every candidate sees the same random draws (generator and global RNG put back)."""
+    from types import SimpleNamespace
+
+    from dlsa_prod.training import lr_candidates
+
+    def choose(acc, loss):
+        monkeypatch.setattr(lr_candidates, "val_log_loss", lambda model, val, c: loss[model])
+        draws = []
+
+        def train_one(train, val, c, cfg, generator, desc, **kw):
+            draws.append((torch.rand(1, generator=generator).item(), torch.rand(1).item()))
+            return SimpleNamespace(model=cfg.optim.lr, val_accuracy=acc[cfg.optim.lr])
+
+        data = ClassifierData(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long))
+        cfg = ClassifierConfig.model_validate({"optim": {"lr": list(acc)}})
+        res = lr_candidates.train_over_learning_rates(train_one, data, data, 2, cfg, torch.Generator().manual_seed(1),
+                                                      "c")
+        assert len(set(draws)) == 1 and len(draws) == len(acc)
+        return res.learning_rate
+
+    assert choose({0.05: 0.8, 0.1: 0.9, 0.2: 0.7}, {0.05: 0.5, 0.1: 0.4, 0.2: 0.3}) == 0.2  # not the val-acc best
+    assert choose({0.05: 0.8, 0.1: 0.9, 0.2: 0.7}, {0.05: 0.3, 0.1: 0.3, 0.2: 0.3}) == 0.1  # loss tie: accuracy
+    assert choose({0.05: 0.8, 0.1: 0.8}, {0.05: 0.3, 0.1: 0.3}) == 0.05  # full tie: the list order
