@@ -124,3 +124,20 @@ def test_each_baseline_trains_on_its_own_seeded_generator(setup, monkeypatch):
     train_baselines(splits, cfg, torch.device("cpu"), ["CE", "BSM", "cRT"], seed=7)
     assert seen == {f"baseline {n}": derived_seed(7, n) for n in ("CE", "BSM", "cRT")}
     assert len(set(seen.values())) == 3
+
+
+def test_learning_rate_list_each_baseline_keeps_its_val_choice(setup):
+    """regcls.optim.lr as a list: every baseline records the lr it kept, and equals the single-lr run
+    with that lr (the candidates share the baseline's own random streams)."""
+    cfg, splits = setup
+    listed = cfg.model_copy(deep=True)
+    listed.regcls.optim.lr = [0.001, cfg.regcls.optim.lr]
+    out = train_baselines(splits, listed, torch.device("cpu"), ["BSM", "cRT"])
+    for name, b in out.items():
+        lr = b.info["lr"]
+        assert lr in listed.regcls.optim.lr
+        single = cfg.model_copy(deep=True)
+        single.regcls.optim.lr = lr
+        ref = train_baselines(splits, single, torch.device("cpu"), [name])[name]
+        assert "lr" not in ref.info and ref.epoch == b.epoch
+        assert all(torch.equal(v, ref.model.state_dict()[k]) for k, v in b.model.state_dict().items())

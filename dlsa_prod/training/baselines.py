@@ -3,7 +3,7 @@
 - ``CE``:  the regular classifier's kind trained with cross-entropy on all training samples.
 - ``BSM``: the same with balanced softmax.
 - ``LA``:  post-hoc logit adjustment (Menon et al. 2021) of the CE classifier: logits - tau * log prior,
-           tau chosen on val from TAU_GRID, baked into the final bias (a plain FeatureClassifier).
+           tau chosen on val from TAU_GRID (TAU_RULE), baked into the final bias (a plain FeatureClassifier).
 - ``cRT``: classifier re-training (Kang et al. 2020, decoupling): the representation is kept, the
            classifier's last layer is re-initialised and re-trained with class-balanced sampling and
            cross-entropy.  The representation here is the frozen feature (plus, with hidden layers,
@@ -91,7 +91,8 @@ class BaselineContext:
             torch.manual_seed(derived_seed(self.seed, f"{name}/init"))
             res = train_classifier(self.train, self.val, self.c, ccfg, derived_generator(self.seed, name),
                                    uses_prior=False, desc=f"baseline {name}", init_state=init_state)
-        return Baseline(res.model, res.best_epoch, res.val_accuracy)
+        return Baseline(res.model, res.best_epoch, res.val_accuracy,
+                        {} if res.learning_rate is None else {"lr": res.learning_rate})  # lr: chosen on val
 
     def get(self, name: str) -> Baseline:
         if name not in self.done:
