@@ -301,3 +301,15 @@ def test_learning_rate_candidates_ranked_by_val_log_loss_then_accuracy(monkeypat
     assert choose({0.05: 0.8, 0.1: 0.9, 0.2: 0.7}, {0.05: 0.5, 0.1: 0.4, 0.2: 0.3}) == 0.2  # not the val-acc best
     assert choose({0.05: 0.8, 0.1: 0.9, 0.2: 0.7}, {0.05: 0.3, 0.1: 0.3, 0.2: 0.3}) == 0.1  # loss tie: accuracy
     assert choose({0.05: 0.8, 0.1: 0.8}, {0.05: 0.3, 0.1: 0.3}) == 0.05  # full tie: the list order
+
+
+def test_tune_scales_every_learning_rate_candidate():
+    """tune's classifier.lr_scale multiplies each candidate of an lr list (and a single lr)."""
+    from dlsa_prod.config import config_from_dict
+    from dlsa_prod.tune import SPACE, candidate_overrides
+
+    cfg = config_from_dict({"data": {"train": "a.h5", "test": "b.h5"},
+                            "cacls": {"optim": {"lr": 0.2}}, "regcls": {"optim": {"lr": [0.05, 0.1]}}})
+    choice = {k: v[0] for k, v in SPACE.items()} | {"classifier.lr_scale": 2.0}
+    out = candidate_overrides(choice, cfg)
+    assert out["regcls.optim.lr"] == pytest.approx([0.1, 0.2]) and out["cacls.optim.lr"] == pytest.approx(0.4)
