@@ -35,8 +35,10 @@ def hand(bs, lr, epoch):
             "eval_freq": 2}
 
 
-# name -> regcls overrides; "config" = the recommended config's own schedule (configs/fmnist_lt_r100.yaml);
-# "old_config" = its schedule before issue 17 (batch 512, lr 0.05, 20 epochs)
+# name -> regcls overrides; "config" = the recommended config's own schedule (configs/fmnist_lt_r100.yaml:
+# 10000 updates of batch 128, cosine, lr [0.05, 0.1] chosen per classifier on val);
+# "old_config" = its schedule before issue 17 (batch 512, lr 0.05, 20 epochs); updates6000_b128_lr0.1_cos
+# = the config's schedule before the lr list (results of a changed config: delete its "config" directories)
 SCHEDULES = {"config": {}, "old_config": hand(512, 0.05, 20) | {"optim.cos_lr": False, "optim.momentum": 0.9}}
 for bs in (128, 512):
     for lr in (0.02, 0.05, 0.1):
@@ -127,6 +129,15 @@ def table(seeds: list[int]) -> str:
             if not hand_set(s) and best:
                 gaps = ", ".join(f"{n} {np.mean(rows[s][n]) - np.mean(rows[best[n]][n]):+.2f}" for n in NAMES)
                 lines.append(f"- {s} minus the best hand-set schedule (points): {gaps}")
+        for s in rows:
+            runs = [json.loads((ROOT / set_name / s / f"seed_{k}.json").read_text()) for k in seeds]
+            chosen = [f"{n} {'/'.join(str(r[n].get('info', {}).get('lr')) for r in runs)}" for n in NAMES
+                      if any("lr" in r[n].get("info", {}) for r in runs)]
+            if chosen:
+                lines.append(f"- {s}: lr chosen on val per seed: " + ", ".join(chosen))
+            taus = [r["LA"].get("info", {}).get("tau") for r in runs]
+            if s == "config" and None not in taus:
+                lines.append(f"- {s}: LA's tau per seed: " + "/".join(f"{t:g}" for t in taus))
         lines.append("")
     return "\n".join(lines)
 
