@@ -23,8 +23,8 @@ from ..config import ClassifierConfig
 from ..errors import DLSAError
 from ..models import FeatureClassifier
 from .grad_sync import GradientSync
-from .lr_candidates import train_over_learning_rates
 from .losses import balanced_softmax_loss, classification_loss
+from .lr_candidates import train_over_learning_rates
 from .options import TrainOptions, active_options
 from .precision import forward_autocast, matmul_precision
 from .samplers import ClassIndex, device_generator, epoch_order
