@@ -35,8 +35,10 @@ def hand(bs, lr, epoch):
             "eval_freq": 2}
 
 
-# name -> regcls overrides; "config" = the recommended config's own schedule (configs/fmnist_lt_r100.yaml);
-# "old_config" = its schedule before issue 17 (batch 512, lr 0.05, 20 epochs)
+# name -> regcls overrides; "config" = the recommended config's own schedule (configs/fmnist_lt_r100.yaml:
+# 10000 updates of batch 128, cosine, lr [0.05, 0.1] chosen per classifier on val);
+# "old_config" = its schedule before issue 17 (batch 512, lr 0.05, 20 epochs); updates6000_b128_lr0.1_cos
+# = the config's schedule before the lr list (results of a changed config: delete its "config" directories)
 SCHEDULES = {"config": {}, "old_config": hand(512, 0.05, 20) | {"optim.cos_lr": False, "optim.momentum": 0.9}}
 for bs in (128, 512):
     for lr in (0.02, 0.05, 0.1):
@@ -73,7 +75,9 @@ def run_one(set_name: str, schedule: str, seed: int, config_overrides: dict) -> 
         return json.loads(out.read_text())
     from dlsa_prod.data import load_splits
     from dlsa_prod.evaluation import classifier_predictions
+    from dlsa_prod.selection import logits_of, val_scores
     from dlsa_prod.training import train_baselines
+    from dlsa_prod.training.baselines import TAU_GRID
 
     over = {"seed": seed, **config_overrides, **{f"regcls.{k}": v for k, v in SCHEDULES[schedule].items()}}
     cfg = suite.feature_config(SETS[set_name], features_of(set_name), over, "cpu")
@@ -81,7 +85,16 @@ def run_one(set_name: str, schedule: str, seed: int, config_overrides: dict) -> 
     res = {}
     for name, b in train_baselines(splits, cfg, "cpu", NAMES).items():
         pred = classifier_predictions(b.model, splits.test.features, "cpu")
-        res[name] = {"test": float((pred == splits.test.labels).mean()), "epoch": b.epoch, "val": b.val_accuracy}
+        val_logits = logits_of(b.model, splits.val.features, "cpu")
+        res[name] = {"test": float((pred == splits.test.labels).mean()), "epoch": b.epoch, "val": b.val_accuracy,
+                     "val_scores": val_scores(val_logits, splits.val.labels, splits.num_classes), "info": b.info}
+        if name == "CE":  # every tau of post-hoc logit adjustment: val scores and test accuracy (LA rules)
+            test_logits = logits_of(b.model, splits.test.features, "cpu")
+            log_prior = np.log(np.maximum(splits.train_counts(), 1) / np.maximum(splits.train_counts(), 1).sum())
+            res["_la_taus"] = {str(t): {"val": val_scores(val_logits - t * log_prior, splits.val.labels,
+                                                          splits.num_classes),
+                                        "test": float(((test_logits - t * log_prior).argmax(1)
+                                                       == splits.test.labels).mean())} for t in TAU_GRID}
     res["_train_samples"] = int(len(splits.train))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res))
@@ -116,6 +129,15 @@ def table(seeds: list[int]) -> str:
             if not hand_set(s) and best:
                 gaps = ", ".join(f"{n} {np.mean(rows[s][n]) - np.mean(rows[best[n]][n]):+.2f}" for n in NAMES)
                 lines.append(f"- {s} minus the best hand-set schedule (points): {gaps}")
+        for s in rows:
+            runs = [json.loads((ROOT / set_name / s / f"seed_{k}.json").read_text()) for k in seeds]
+            chosen = [f"{n} {'/'.join(str(r[n].get('info', {}).get('lr')) for r in runs)}" for n in NAMES
+                      if any("lr" in r[n].get("info", {}) for r in runs)]
+            if chosen:
+                lines.append(f"- {s}: lr chosen on val per seed: " + ", ".join(chosen))
+            taus = [r["LA"].get("info", {}).get("tau") for r in runs]
+            if s == "config" and None not in taus:
+                lines.append(f"- {s}: LA's tau per seed: " + "/".join(f"{t:g}" for t in taus))
         lines.append("")
     return "\n".join(lines)
 

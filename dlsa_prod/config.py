@@ -123,13 +123,30 @@ class OptimConfig(_OptimBase):
 class ClassifierOptimConfig(_OptimBase):
     """A classifier's optimiser; its weight decay is ``model.weight_decay`` (the research key)."""
 
-    lr: float = Field(1e-2, gt=0)
+    lr: Union[float, list[float]] = Field(
+        1e-2, description="learning rate, or a list of candidates: each trained from the same start, the one with "
+                          "the lowest class-balanced val log-loss kept (training/lr_candidates.py)")
     epoch: int = Field(150, ge=1)
     updates: Optional[int] = Field(
         None, ge=1, description="training length in optimizer updates (overrides epoch): each classifier trains "
                                 "ceil(updates / batches per epoch) epochs of its own training set, so a 1k and a "
                                 "15k set (or a small cascade exit) get the same number of SGD steps"
     )
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _no_bool_rates(cls, value):
+        if isinstance(value, list) and any(isinstance(r, bool) for r in value):
+            raise ValueError(f"expected numbers, got {value!r}")
+        return value
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_rates(cls, value):
+        rates = value if isinstance(value, list) else [value]
+        if not rates or any(not r > 0 for r in rates):
+            raise ValueError(f"expected a number > 0 or a non-empty list of them, got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _updates_without_milestones(self):

@@ -89,7 +89,8 @@ def candidate_overrides(choice: dict, cfg: RunConfig) -> dict:
            "cascade.crossfit_folds": choice["cascade.crossfit_folds"]}
     for section in ("cacls", "regcls"):
         optim = getattr(cfg, section).optim
-        out[f"{section}.optim.lr"] = optim.lr * choice["classifier.lr_scale"]
+        scale = choice["classifier.lr_scale"]
+        out[f"{section}.optim.lr"] = [lr * scale for lr in optim.lr] if isinstance(optim.lr, list) else optim.lr * scale
         if optim.updates is not None:
             out[f"{section}.optim.updates"] = max(1, round(optim.updates * choice["classifier.length_scale"]))
         else:

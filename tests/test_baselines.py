@@ -40,9 +40,18 @@ def test_la_tau_chosen_on_val_and_baked_into_bias(setup):
     out = train_baselines(splits, cfg, torch.device("cpu"), ["LA"])
     la, ce = out["LA"], train_baselines(splits, cfg, torch.device("cpu"), ["CE"])["CE"]
     tau = la.info["tau"]
-    assert tau in TAU_GRID and la.val_accuracy == max(la.info["val_acc_per_tau"])
+    losses = la.info["val_log_loss_per_tau"]
+    assert tau in TAU_GRID and losses[TAU_GRID.index(tau)] == min(losses)  # the lowest balanced val log-loss
+    assert la.val_accuracy == la.info["val_acc_per_tau"][TAU_GRID.index(tau)]
     counts = torch.from_numpy(splits.train_counts()).double()
     log_prior = torch.log(counts / counts.sum()).float()
+    # the recorded loss is the class-balanced log-loss of the adjusted logits, recomputed here by hand
+    with torch.no_grad():
+        nll = -torch.log_softmax(la.model(torch.from_numpy(splits.val.features)).double(), 1)
+    y = torch.from_numpy(splits.val.labels)
+    nll = nll[torch.arange(len(y)), y]
+    by_hand = torch.stack([nll[y == c].mean() for c in y.unique()]).mean()
+    assert float(by_hand) == pytest.approx(losses[TAU_GRID.index(tau)], rel=1e-4)
     x = torch.from_numpy(splits.test.features)
     torch.testing.assert_close(la.model(x), ce.model(x) - tau * log_prior, rtol=1e-5, atol=1e-5)
 
@@ -119,3 +128,20 @@ def test_each_baseline_trains_on_its_own_seeded_generator(setup, monkeypatch):
     train_baselines(splits, cfg, torch.device("cpu"), ["CE", "BSM", "cRT"], seed=7)
     assert seen == {f"baseline {n}": derived_seed(7, n) for n in ("CE", "BSM", "cRT")}
     assert len(set(seen.values())) == 3
+
+
+def test_learning_rate_list_each_baseline_keeps_its_val_choice(setup):
+    """regcls.optim.lr as a list: every baseline records the lr it kept, and equals the single-lr run
+    with that lr (the candidates share the baseline's own random streams)."""
+    cfg, splits = setup
+    listed = cfg.model_copy(deep=True)
+    listed.regcls.optim.lr = [0.001, cfg.regcls.optim.lr]
+    out = train_baselines(splits, listed, torch.device("cpu"), ["BSM", "cRT"])
+    for name, b in out.items():
+        lr = b.info["lr"]
+        assert lr in listed.regcls.optim.lr
+        single = cfg.model_copy(deep=True)
+        single.regcls.optim.lr = lr
+        ref = train_baselines(splits, single, torch.device("cpu"), [name])[name]
+        assert "lr" not in ref.info and ref.epoch == b.epoch
+        assert all(torch.equal(v, ref.model.state_dict()[k]) for k, v in b.model.state_dict().items())

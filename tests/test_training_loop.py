@@ -236,3 +236,84 @@ def test_classifier_length_in_updates_fits_the_data_size():
     with pytest.raises(ConfigError, match=r"regcls\.optim.*updates: cannot be combined with optim\.steps") as exc:
         config_from_dict({"data": {"train": "a.h5", "test": "b.h5"}, "regcls": {"optim": {"updates": 100, "steps": [5]}}})
     assert "\n" not in str(exc.value)
+
+
+def test_classifier_learning_rate_chosen_on_val_from_a_list(caplog):
+    """optim.lr as a list: every candidate trains exactly as a run with that single lr would (same
+    start, same draws), the val-best is kept (and recorded), and a bad list is one line naming the key."""
+    from dlsa_prod.config import config_from_dict
+    from dlsa_prod.errors import ConfigError
+    from dlsa_prod.training.lr_candidates import val_log_loss
+
+    fs = blobs([60, 30, 10], seed=2, spread=1.5)
+    data = ClassifierData(torch.from_numpy(fs.features), torch.from_numpy(fs.labels))
+    val_fs = blobs([20, 20, 20], seed=2, spread=1.5)  # same centres, balanced
+    val = ClassifierData(torch.from_numpy(val_fs.features), torch.from_numpy(val_fs.labels))
+
+    def cfg(lr):
+        return ClassifierConfig.model_validate({"eval_freq": 1, "optim": {"lr": lr, "epoch": 3, "momentum": 0.9},
+                                                "model": {"inputs": "XZ"}, "data": {"batchsize": 16}})
+
+    def run(lr):
+        torch.manual_seed(5)
+        return train_classifier(data, val, 3, cfg(lr), torch.Generator().manual_seed(0), uses_prior=False)
+
+    rates = [1e-5, 0.05]
+    singles = [run(lr) for lr in rates]
+    key = [(-val_log_loss(r.model, val, 3), r.val_accuracy) for r in singles]
+    assert key[1] > key[0]  # the tiny lr barely moves from the random start: a higher val log-loss
+    with caplog.at_level(logging.INFO):
+        chosen = run(rates)
+    assert chosen.learning_rate == 0.05 and chosen.val_accuracy == singles[1].val_accuracy
+    for a, b in zip(chosen.model.state_dict().values(), singles[1].model.state_dict().values()):
+        assert torch.equal(a, b)  # bit-identical to the single-lr run
+    assert "lr 0.05 chosen on val from [1e-05, 0.05]" in caplog.text
+    # the later candidate wins only when strictly better: the same lr twice keeps the first
+    assert run([0.05, 0.05]).learning_rate == 0.05 and run(0.05).learning_rate is None
+    for bad, msg in (([], "non-empty"), ([0.1, True], "expected numbers"), ([0.1, -1], "> 0")):
+        with pytest.raises(ConfigError, match=rf"regcls\.optim\.lr.*{msg}") as exc:
+            config_from_dict({"data": {"train": "a.h5", "test": "b.h5"}, "regcls": {"optim": {"lr": bad}}})
+        assert "\n" not in str(exc.value)
+
+
+def test_learning_rate_candidates_ranked_by_val_log_loss_then_accuracy(monkeypatch):
+    """The rule itself: lowest balanced val log-loss, ties to the higher val accuracy, then the list
+    order; every candidate sees the same random draws (both generators put back), and the global
+    generator is neither drawn from nor written."""
+    from types import SimpleNamespace
+
+    from dlsa_prod.training import lr_candidates
+
+    def choose(acc, loss, init=None):
+        monkeypatch.setattr(lr_candidates, "val_log_loss", lambda model, val, c: loss[model])
+        draws = []
+
+        def train_one(train, val, c, cfg, generator, desc, init_generator=None, **kw):
+            draws.append((torch.rand(1, generator=generator).item(), torch.rand(1, generator=init_generator).item()))
+            return SimpleNamespace(model=cfg.optim.lr, val_accuracy=acc[cfg.optim.lr])
+
+        data = ClassifierData(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long))
+        cfg = ClassifierConfig.model_validate({"optim": {"lr": list(acc)}})
+        before = torch.get_rng_state()
+        res = lr_candidates.train_over_learning_rates(train_one, data, data, 2, cfg, torch.Generator().manual_seed(1),
+                                                      "c", init_generator=init)
+        assert torch.equal(torch.get_rng_state(), before)
+        assert len(set(draws)) == 1 and len(draws) == len(acc)
+        return res.learning_rate
+
+    assert choose({0.05: 0.8, 0.1: 0.9}, {0.05: 0.3, 0.1: 0.3}, torch.Generator().manual_seed(2)) == 0.1
+    assert choose({0.05: 0.8, 0.1: 0.9, 0.2: 0.7}, {0.05: 0.5, 0.1: 0.4, 0.2: 0.3}) == 0.2  # not the val-acc best
+    assert choose({0.05: 0.8, 0.1: 0.9, 0.2: 0.7}, {0.05: 0.3, 0.1: 0.3, 0.2: 0.3}) == 0.1  # loss tie: accuracy
+    assert choose({0.05: 0.8, 0.1: 0.8}, {0.05: 0.3, 0.1: 0.3}) == 0.05  # full tie: the list order
+
+
+def test_tune_scales_every_learning_rate_candidate():
+    """tune's classifier.lr_scale multiplies each candidate of an lr list (and a single lr)."""
+    from dlsa_prod.config import config_from_dict
+    from dlsa_prod.tune import SPACE, candidate_overrides
+
+    cfg = config_from_dict({"data": {"train": "a.h5", "test": "b.h5"},
+                            "cacls": {"optim": {"lr": 0.2}}, "regcls": {"optim": {"lr": [0.05, 0.1]}}})
+    choice = {k: v[0] for k, v in SPACE.items()} | {"classifier.lr_scale": 2.0}
+    out = candidate_overrides(choice, cfg)
+    assert out["regcls.optim.lr"] == pytest.approx([0.1, 0.2]) and out["cacls.optim.lr"] == pytest.approx(0.4)

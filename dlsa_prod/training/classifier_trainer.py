@@ -24,6 +24,7 @@ from ..errors import DLSAError
 from ..models import FeatureClassifier
 from .grad_sync import GradientSync
 from .losses import balanced_softmax_loss, classification_loss
+from .lr_candidates import train_over_learning_rates
 from .options import TrainOptions, resolved
 from .random_streams import drawing_from
 from .precision import forward_autocast, matmul_precision
@@ -69,6 +70,7 @@ class ClassifierTrainResult:
     val_accuracy: float | None
     history: list[dict] = field(default_factory=list)
     stopped_epoch: int | None = None
+    learning_rate: float | None = None  # the one chosen on val when optim.lr lists candidates
 
 
 def _hint(cfg: ClassifierConfig, key: str) -> str:
@@ -86,6 +88,10 @@ def train_classifier(train: ClassifierData, val: ClassifierData, num_classes: in
     random_streams.py)."""
     if len(train) == 0:
         raise DLSAError(f"{desc}: no training samples reach this classifier; adjust the filter settings")
+    if isinstance(cfg.optim.lr, list):  # candidates: each trained, the val-best kept (lr_candidates.py)
+        return train_over_learning_rates(train_classifier, train, val, num_classes, cfg, generator, desc,
+                                         uses_prior=uses_prior, init_state=init_state, options=options,
+                                         config_key=config_key, init_generator=init_generator)
     opts = resolved(options)
     dist = opts.dist
     key = config_key or ("regcls" if uses_prior is False else "cacls")
