@@ -32,7 +32,8 @@ from ..config import BASELINE_NAMES, ClassifierConfig, RunConfig
 from ..data import Splits
 from ..models import FeatureClassifier
 from ..selection import val_scores
-from .classifier_trainer import ClassifierData, predict_logits, train_classifier
+from .classifier_data import ClassifierData, predict_logits
+from .classifier_trainer import train_classifier
 from .options import TrainOptions, resolved
 from .random_streams import drawing_from
 from .train_cache import TrainCache, cached, digest

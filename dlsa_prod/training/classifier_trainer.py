@@ -24,6 +24,7 @@ from ..errors import DLSAError
 from ..models import FeatureClassifier
 from .grad_sync import GradientSync
 from .losses import balanced_softmax_loss, classification_loss
+from .classifier_data import ClassifierData, predict_logits  # noqa: F401 (re-exported)
 from .lr_candidates import train_over_learning_rates
 from .options import TrainOptions, resolved
 from .random_streams import drawing_from
@@ -33,34 +34,6 @@ from .schedule import classifier_schedule, clip_value
 from .select_loop import EvalResult, LoopSpec, train_and_select
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ClassifierData:
-    x: torch.Tensor
-    y: torch.Tensor
-    prior: torch.Tensor | None = None  # (N, C) cluster prior rows, for XZP
-    z: torch.Tensor | None = None  # (N, dim) second feature input (None: x itself; cascade.flow_latent)
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
-
-    def rows(self, start: int, end: int) -> "ClassifierData":
-        cut = lambda t: None if t is None else t[start:end]  # noqa: E731
-        return ClassifierData(self.x[start:end], self.y[start:end], cut(self.prior), cut(self.z))
-
-
-@torch.no_grad()
-def predict_logits(model: FeatureClassifier, data: ClassifierData, batch_size: int = 4096) -> torch.Tensor:
-    was = model.training
-    model.eval()
-    outs = []
-    for i in range(0, len(data), batch_size):
-        p = None if data.prior is None else data.prior[i:i + batch_size]
-        z = None if data.z is None else data.z[i:i + batch_size]
-        outs.append(model(data.x[i:i + batch_size], p, z))
-    model.train(was)
-    return torch.cat(outs) if outs else data.x.new_zeros(0, model.head_x[-1].weight.shape[0])
 
 
 @dataclass

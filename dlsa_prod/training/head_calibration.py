@@ -23,7 +23,7 @@ import torch
 
 from ..models import FeatureClassifier
 from .baselines import adjust_bias, has_bias_head
-from .classifier_trainer import ClassifierData, predict_logits
+from .classifier_data import ClassifierData, predict_logits
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,9 @@ from typing import Callable
 
 import torch
 
+from ..selection import val_scores
+from .classifier_data import predict_logits
+
 log = logging.getLogger(__name__)
 
 
@@ -30,9 +33,6 @@ def learning_rates(cfg) -> list[float]:
 
 def val_log_loss(model, val, num_classes: int) -> float:
     """Class-balanced log-loss of the model on val (lower is better)."""
-    from ..selection import val_scores
-    from .classifier_trainer import predict_logits
-
     logits = predict_logits(model, val).float().cpu().numpy()
     return val_scores(logits, val.y.cpu().numpy(), num_classes)["balanced_log_loss"]
 
