@@ -24,7 +24,6 @@ half (selection.py).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -36,7 +35,7 @@ import numpy as np
 
 from .cascade_presets import PRESETS
 from .config import RunConfig, config_from_dict, config_to_yaml
-from .data import FeatureSet, Splits
+from .data import FeatureSet, Splits, data_digest
 from .errors import ConfigError, RunDirError
 from .evaluation import cascade_predictions
 from .metrics import display_name, method_metrics
@@ -136,15 +135,6 @@ def apply_overrides(cfg: RunConfig, overrides: dict, epoch_fraction: float = 1.0
         out.gmflow.optim.epoch = max(1, round(out.gmflow.optim.epoch * epoch_fraction))
         out.gmflow.eval_freq = min(out.gmflow.eval_freq, out.gmflow.optim.epoch)
     return out
-
-
-def data_digest(splits: Splits) -> str:
-    """sha256 of the train and val features and labels: a resumed tune must have seen the same data."""
-    h = hashlib.sha256()
-    for fs in (splits.train, splits.val):
-        h.update(np.ascontiguousarray(fs.features).tobytes())
-        h.update(np.ascontiguousarray(fs.labels).tobytes())
-    return h.hexdigest()
 
 
 def _key(overrides: dict) -> str:

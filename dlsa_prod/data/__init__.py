@@ -2,6 +2,6 @@
 
 from .feature_files import read_features, write_features
 from .feature_set import FeatureSet
-from .loading import Splits, load_splits
+from .loading import Splits, data_digest, load_splits
 
-__all__ = ["FeatureSet", "Splits", "load_splits", "read_features", "write_features"]
+__all__ = ["FeatureSet", "Splits", "data_digest", "load_splits", "read_features", "write_features"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,16 @@ class Splits:
 
     def train_counts(self) -> np.ndarray:
         return self.train.class_counts(self.num_classes)
+
+
+def data_digest(splits: Splits) -> str:
+    """sha256 of the train and val features and labels: everything training reads of the data (a
+    resumed tune must have seen the same data; a cached baseline was trained on it)."""
+    h = hashlib.sha256()
+    for fs in (splits.train, splits.val):
+        h.update(np.ascontiguousarray(fs.features).tobytes())
+        h.update(np.ascontiguousarray(fs.labels).tobytes())
+    return h.hexdigest()
 
 
 def _paths(cfg: DataConfig) -> tuple[Path, Path | None, Path]:

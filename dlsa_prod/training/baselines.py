@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..config import BASELINE_NAMES, ClassifierConfig, RunConfig
-from ..data import Splits
+from ..data import Splits, data_digest
 from ..models import FeatureClassifier
 from ..selection import val_scores
 from .classifier_data import ClassifierData, predict_logits
@@ -106,7 +106,7 @@ class BaselineContext:
         """A baseline reads the training and val data, the regcls section (full dump), the seed, the
         device and the training options (precision, compile, data-parallel world size)."""
         if self._data_hash is None:
-            self._data_hash = digest(*(a for fs in (self.splits.train, self.splits.val) for a in (fs.features, fs.labels)))
+            self._data_hash = data_digest(self.splits)
         return digest(self._data_hash, self.cfg.regcls, self.seed, str(self.device), self.options, name)
 
 

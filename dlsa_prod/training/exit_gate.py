@@ -15,6 +15,7 @@ import torch
 
 from ..models.soft_gate import stage_outputs
 from ..routing import soft_cascade
+from ..selection import val_scores
 
 log = logging.getLogger(__name__)
 
@@ -22,17 +23,12 @@ SLOPE_GRID = (0.5, 1.0, 2.0, 4.0, 8.0, 64.0)  # per std of the val log-likelihoo
 OFFSET_GRID = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
 
 
-def balanced_log_loss(logp: torch.Tensor, y: torch.Tensor) -> float:
-    """Mean over classes of the mean negative log-probability of the true class."""
-    per = -logp.log_softmax(1)[torch.arange(len(y)), y]
-    return float(torch.stack([per[y == c].mean() for c in torch.unique(y)]).mean())
-
-
 def choose_gates(model, x_val: torch.Tensor, y_val: torch.Tensor) -> list[tuple[float, float]]:
     """(slope, offset) per depth in log-likelihood units, chosen on val (module docstring)."""
     logp, lls, clusters, reg = stage_outputs(model, x_val)
     thresholds = [s.threshold for s in model.stages]
     gates: list = [None] * len(logp)
+    labels = y_val.cpu().numpy()
     for d in reversed(range(len(logp))):
         scale = float(lls[d].std().clamp(min=1e-6)) if len(lls[d]) > 1 else 1.0
         best = None
@@ -40,7 +36,8 @@ def choose_gates(model, x_val: torch.Tensor, y_val: torch.Tensor) -> list[tuple[
             for b in OFFSET_GRID:
                 trial = gates[:d] + [(a / scale, b)] + gates[d + 1:]
                 z = soft_cascade(logp, lls, clusters, thresholds, trial, reg)
-                key = (int((z.argmax(1) == y_val).sum()), -balanced_log_loss(z, y_val))
+                loss = val_scores(z.cpu().numpy(), labels, z.shape[1])["balanced_log_loss"]
+                key = (int((z.argmax(1) == y_val).sum()), -loss)
                 if best is None or key > best[0]:
                     best = (key, a, b)
         (right, loss), a, b = best

@@ -5,7 +5,8 @@ There is no process-wide cache: a caller that wants reuse creates a ``TrainCache
 (``train`` passes None and trains everything).  Keys are digests of everything the trainer reads:
 the training data, the full dump of every config section it reads, the states of the generators it
 draws from, the device and the training options.  Entries are stored and handed out as deep copies,
-so a caller never shares a module with the cache.
+so a caller never shares a module with the cache (a freshly trained entry is stored as trained:
+nothing else holds it).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class TrainCache:
             store.move_to_end(key)
             self.hits[kind] += 1
         else:
-            store[key] = copy.deepcopy(train())
+            store[key] = train()
             while len(store) > self.sizes[kind]:
                 store.popitem(last=False)
         return copy.deepcopy(store[key]), hit
