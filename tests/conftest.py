@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pytest
 
@@ -48,6 +50,18 @@ def tiny_config(tiny_files, tmp_path):
     cfg = config_from_dict(tiny_config_dict(train, test))
     cfg.output.dir = tmp_path / "run"
     return cfg
+
+
+@pytest.fixture(autouse=True)
+def package_logger_propagates():
+    """Each test starts with the "dlsa_prod" logger propagating, as in a fresh process: setup_logging
+    (train, tune, the CLI) turns propagation off so a run's lines are not printed twice, and a later
+    test's caplog would otherwise see nothing, depending on which tests ran before it."""
+    log = logging.getLogger("dlsa_prod")
+    saved = log.propagate
+    log.propagate = True
+    yield
+    log.propagate = saved
 
 
 @pytest.fixture(scope="session", autouse=True)
