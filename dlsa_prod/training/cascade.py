@@ -60,11 +60,9 @@ def plain_threshold(thr):
 
 def shown_threshold(thr) -> str:
     """A depth's threshold for the log: one number, or the range of a rule's several (routing.exits)."""
-    t = plain_threshold(thr)
-    if isinstance(t, float):
-        return f"{t:.4g}"
-    flat = torch.as_tensor(t).flatten()
-    return f"{flat.numel()} values {float(flat.min()):.4g}..{float(flat.max()):.4g}"
+    if not isinstance(thr, torch.Tensor) or thr.dim() == 0:
+        return f"{float(thr):.4g}"
+    return f"{thr.numel()} values {float(thr.min()):.4g}..{float(thr.max()):.4g}"
 
 
 def depth_proportion(cfg: RunConfig, depth: int) -> float | None:
