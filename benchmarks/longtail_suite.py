@@ -43,6 +43,7 @@ WARM = {"cascade.warm_start": True}
 CF2 = {"cascade.crossfit_folds": 2}
 DEPLOYED = {"cascade.crossfit_routing": "deployed"}
 TAU = {"cascade.route_prior_strength": "val"}
+KEPT = {**ON_CRT_ROUTE, **CF2, **TAU, **WARM, "cascade.flow_latent": True, "cascade.exit_train": "all"}  # configs'
 
 # name -> (description, overrides).  "research" is the method as published (the baseline of each change).
 VARIANTS = {
@@ -124,13 +125,26 @@ VARIANTS = {
                     {**ON_CRT_ROUTE, **CF2, **TAU, **WARM, "cascade.flow_latent": True}),
     "kept_latent_all": ("kept_latent with the cluster-aided classifier trained on every sample (the kept "
                         "configuration: the cascade section of configs/*.yaml)",
-                        {**ON_CRT_ROUTE, **CF2, **TAU, **WARM, "cascade.flow_latent": True,
-                         "cascade.exit_train": "all"}),
+                        KEPT),
     **{f"kept_latent_all_p{round(100 * q)}": (f"kept_latent_all with filter.llh_proportion {q}",
-                                              {**ON_CRT_ROUTE, **CF2, **TAU, **WARM, "cascade.flow_latent": True,
-                                               "cascade.exit_train": "all", "filter.llh_proportion": q})
+                                              {**KEPT, "filter.llh_proportion": q})
        for q in (0.5, 0.7, 0.9)},
+    "latent_d2": ("kept_latent_all with max_depth 2", {**KEPT, "max_depth": 2}),
+    # the flow behind the latent (docs/benchmarks.md, "Ceiling")
+    "latent_flow_e30": ("kept_latent_all, flow trained 30 epochs (10)", {**KEPT, "gmflow.optim.epoch": 30}),
+    "latent_flow_k50": ("kept_latent_all, 50 clusters (100)", {**KEPT, "gmflow.model.num_cluster": 50}),
+    "latent_flow_k200": ("kept_latent_all, 200 clusters (100)", {**KEPT, "gmflow.model.num_cluster": 200}),
+    "latent_flow_b4": ("kept_latent_all, 4 MADE blocks (2)", {**KEPT, "gmflow.model.n_blocks": 4}),
+    "latent_flow_h2": ("kept_latent_all, 2 hidden layers per MADE block (1)", {**KEPT, "gmflow.model.n_hidden": 2}),
+    "mlp_heads": ("kept_latent_all with every classifier (baselines too) an MLP, one hidden layer of 256: "
+                  "what nonlinear heads reach on the same features", {**KEPT, "regcls.model.hidden_layers": [256],
+                                                                      "cacls.model.hidden_layers": [256]}),
 }
+# route prior strength and mixing weights by class-balanced val log-loss instead of val accuracy
+VARIANTS.update({name: (f"{of} with cascade.calibrate_by: log_loss", {**VARIANTS[of][1],
+                                                                      "cascade.calibrate_by": "log_loss"})
+                 for name, of in (("loss_cal", "kept_latent_all"), ("loss_cal_p90", "kept_latent_all_p90"),
+                                  ("loss_cal_d2", "latent_d2"))})
 
 
 def ensure_features(name: str, features_root: Path) -> Path:

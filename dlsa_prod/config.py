@@ -292,6 +292,11 @@ class CascadeConfig(_Section):
         1.0, description="tau scaling the route-share part of the route prior and of prior_shift (1: the full "
                          "log share; 0: none); \"val\": one tau for the cascade chosen on val from 1, .75, .5, .25, 0"
     )
+    calibrate_by: Literal["accuracy", "log_loss"] = Field(
+        "accuracy", description="how route_prior_strength \"val\" and mix_base's weights are chosen on val: the "
+                                "cascade's val samples right (ties: less mixing, stronger tau), or its class-balanced "
+                                "val log-loss (the selection rule's criterion; docs/benchmarks.md, \"Ceiling\")"
+    )
     crossfit_folds: int = Field(
         0, description="0: the flow routes its own training samples (research); F in 2..10: the remaining training "
                        "samples of each depth are split into F class-stratified folds, the deployed flow trains "
@@ -730,13 +735,28 @@ LOCATION_KEYS = (*INPUT_PATH_KEYS, *OUTPUT_PATH_KEYS, "output", "device", "backb
                  "data_dir", "backbone_weight_path")
 
 
-def settings_sha256(cfg: RunConfig) -> str:
+def _written_part(tree, written):
+    """TREE restricted to the keys WRITTEN has (recursively through sections)."""
+    if not (isinstance(tree, dict) and isinstance(written, dict)):
+        return tree
+    return {k: _written_part(v, written[k]) for k, v in tree.items() if k in written}
+
+
+def settings_sha256(cfg: RunConfig, written: dict | None = None) -> str:
     """sha256 of every setting of CFG except LOCATION_KEYS (canonical JSON, so comments, key order and
-    formatting do not count)."""
+    formatting do not count).
+
+    written: the tree of the run's config.yaml as read back.  A run's config.yaml holds every setting
+    the package had when it was trained, so a setting the file lacks was added to the package later
+    (its default is the behaviour the run was trained with) and is left out: runs keep loading after
+    an upgrade.  A setting deleted from a newer run's file still changes the digest, since the digest
+    recorded at training covered it."""
     import hashlib
     import json
 
     tree = cfg.model_dump(mode="json")
+    if written is not None:
+        tree = _written_part(tree, written)
     for dotted in LOCATION_KEYS:
         *parents, last = dotted.split(".")
         node = tree

@@ -359,7 +359,7 @@ def read_run_meta(path: str | Path, required: tuple[str, ...] = REQUIRED) -> tup
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
         raise RunDirError(f"{path / 'meta.json'}: unreadable ({exc})") from None
     recorded = meta.get("settings_sha256")  # absent in runs written before it was recorded
-    if recorded is not None and recorded != settings_sha256(cfg):
+    if recorded is not None and recorded != settings_sha256(cfg, tree if isinstance(tree, dict) else None):
         raise RunDirError(f"{path / 'config.yaml'}: settings differ from the ones this run was trained with "
                           f"(settings_sha256 in meta.json); only data paths, output and device may be edited: "
                           f"re-train to change the model")

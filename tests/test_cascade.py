@@ -217,6 +217,49 @@ def test_mixing_weight_is_chosen_jointly_with_the_strength():
     assert mixes["e"] == 1.0
 
 
+def test_log_loss_calibration_is_the_cascade_class_balanced_log_loss_minimum():
+    """calibrate_by log_loss: the (tau, mixing weights) chosen are the grid point with the lowest
+    class-balanced log-loss of the whole cascade's val logits (selection.val_scores, the selection
+    rule's criterion), found by brute force over every combination; accuracy keeps its tie rule."""
+    import itertools
+
+    from dlsa_prod.selection import val_scores
+    from dlsa_prod.training.head_calibration import MIX_GRID, STRENGTH_GRID, choose_strength
+
+    g = torch.Generator().manual_seed(3)
+    route = torch.log(torch.tensor([0.6, 0.3, 0.1]))
+    # unbalanced val (class 2 has one sample): the weights must be per class, not per sample
+    ya, yb = [0, 0, 0, 1, 2], [1, 1, 0, 0]
+    a = _head("a", torch.randn(5, 3, generator=g).tolist(), ya, route=route,
+              base_logits=torch.randn(5, 3, generator=g))
+    b = _head("b", torch.randn(4, 3, generator=g).tolist(), yb, route=-route)
+    labels = np.array(ya + yb)
+    best = None
+    for tau, w in itertools.product(STRENGTH_GRID, MIX_GRID):
+        la = (1 - w) * a.val_logits + w * a.base_logits + a.shift(tau)
+        lb = b.val_logits + b.shift(tau)
+        loss = val_scores(torch.cat([la, lb]).numpy(), labels, 3)["balanced_log_loss"]
+        if best is None or loss < best[0] - 1e-12:
+            best = (loss, tau, w)
+    tau, mixes = choose_strength([a, b], "val", "log_loss")
+    assert (tau, mixes["a"], mixes["b"]) == (best[1], best[2], None)
+    # where every weight gets the samples right, accuracy keeps the least mixing; log-loss moves
+    sure = _head("s", [[2.0, 0.0]] * 2, [0, 0], route=torch.zeros(2), base_logits=torch.tensor([[6.0, 0.0]] * 2))
+    assert choose_strength([sure], "val")[1]["s"] == 0.0
+    assert choose_strength([sure], "val", "log_loss")[1]["s"] == 1.0
+    with pytest.raises(ValueError, match="calibration criterion"):
+        choose_strength([sure], "val", "f1")
+
+
+def test_calibrate_by_is_checked_by_the_config():
+    from dlsa_prod.errors import DLSAError
+
+    assert config_from_dict({"data": {"source": "digits"}, "cascade": {"calibrate_by": "log_loss"}}
+                            ).cascade.calibrate_by == "log_loss"
+    with pytest.raises((DLSAError, ValueError), match="calibrate_by"):
+        config_from_dict({"data": {"source": "digits"}, "cascade": {"calibrate_by": "f1"}})
+
+
 def test_strength_zero_prior_shift_regular_is_the_base_classifier(tiny_files, tmp_path):
     """route_prior_strength 0 with prior_shift: the regular classifier predicts exactly as the base."""
     train, test = tiny_files

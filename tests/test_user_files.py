@@ -400,6 +400,37 @@ def test_an_edited_run_setting_is_refused_but_paths_and_device_may_change(tiny_r
     assert not (tmp_path / "b").exists()
 
 
+def test_a_run_trained_before_a_setting_existed_still_loads(tiny_run, tmp_path):
+    """A setting added to the package after a run was trained is absent from its config.yaml and from
+    the digest recorded then: the run loads with the setting's default.  Deleting a setting from a run
+    that was trained with it is still refused, and so is editing one of an older run."""
+    import json
+    import shutil
+
+    from dlsa_prod.config import config_from_dict, settings_sha256
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "run", run)
+    original = yaml.safe_load((run / "config.yaml").read_text())
+    meta = json.loads((run / "meta.json").read_text())
+
+    tree = yaml.safe_load((run / "config.yaml").read_text())
+    del tree["cascade"]["calibrate_by"]  # as written before the setting existed
+    (run / "config.yaml").write_text(yaml.safe_dump(tree))
+    with pytest.raises(RunDirError, match="settings differ"):  # this run's digest covers the deleted setting
+        load_run(run)
+
+    old = {**meta, "settings_sha256": settings_sha256(config_from_dict(tree), written=tree)}
+    assert old["settings_sha256"] != meta["settings_sha256"]
+    (run / "meta.json").write_text(json.dumps(old))
+    assert load_run(run).cfg.cascade.calibrate_by == "accuracy"
+
+    tree["filter"]["min_purity"] = original["filter"]["min_purity"] / 2  # an older run's setting edited
+    (run / "config.yaml").write_text(yaml.safe_dump(tree))
+    with pytest.raises(RunDirError, match="settings differ"):
+        load_run(run)
+
+
 def test_duplicate_keys_in_a_runs_config_are_refused(tiny_run, tmp_path):
     import shutil
 

@@ -424,7 +424,7 @@ def train_dlsa(splits: Splits, cfg: RunConfig, device: torch.device, generator: 
                                                        splits.train_counts(), (splits.train.labels, splits.val.labels))
     heads.append(reg_head)
     histories["regcls"] = history
-    tau, mixes = choose_strength(heads, cfg.cascade.route_prior_strength)
+    tau, mixes = choose_strength(heads, cfg.cascade.route_prior_strength, cfg.cascade.calibrate_by)
     for stage, head, report in zip(stages, heads, reports):
         stage.classifier = head.fold(base, mixes[head.name], tau).to(device)
         report["base_mix_weight"] = mixes[head.name]

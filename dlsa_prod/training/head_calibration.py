@@ -11,6 +11,12 @@ strength chosen on val; docs/benchmarks.md).  ``cascade.route_prior_strength`` s
 part of every shift by tau (the part that removes the prior a classifier was trained under always
 stays whole); "val" picks one tau for the whole cascade from STRENGTH_GRID on the val samples'
 cascade accuracy, the way logit adjustment picks its tau.
+
+Criterion (``cascade.calibrate_by``): "accuracy" counts the val samples right (ties: less mixing,
+stronger tau); "log_loss" minimises the cascade's class-balanced val log-loss, the criterion the
+selection rule ranks models by (selection.py).  Each val sample reaches exactly one head, so the
+cascade's class-balanced log-loss is a sum over heads of their samples' log-losses, each weighted by
+1 / (its class's val count x the number of classes present), and each head's weight is chosen alone.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..models import FeatureClassifier
 from .baselines import adjust_bias, has_bias_head
@@ -79,16 +86,23 @@ class PendingHead:
             out = out + self.offset
         return out
 
-    def best_mix(self, tau: float) -> tuple[float | None, int]:
-        """(mixing weight, val samples right) at strength tau; weight None when not mixable."""
+    def val_score(self, logits: torch.Tensor, weights: torch.Tensor | None = None) -> float:
+        """Higher is better: val samples right (weights None), or minus the weighted sum of the val
+        samples' log-losses (``calibrate_by: log_loss``; weights from class_weights)."""
+        if weights is None:
+            return int((logits.argmax(1) == self.val_y).sum())
+        nll = F.cross_entropy(logits.double(), self.val_y, reduction="none")
+        return -float((nll * weights.to(nll)).sum())
+
+    def best_mix(self, tau: float, weights: torch.Tensor | None = None) -> tuple[float | None, float]:
+        """(mixing weight, val score) at strength tau; weight None when not mixable.  weights: see val_score."""
         add = self.shift(tau)
         add = 0.0 if add is None else add
         if self.base_logits is None or not len(self.val_y):
-            return None, int(((self.val_logits + add).argmax(1) == self.val_y).sum()) if len(self.val_y) else 0
-        right = [int((((1 - w) * self.val_logits + w * self.base_logits + add).argmax(1) == self.val_y).sum())
-                 for w in MIX_GRID]
-        i = max(range(len(MIX_GRID)), key=lambda j: (right[j], -j))  # ties: less mixing
-        return MIX_GRID[i], right[i]
+            return None, self.val_score(self.val_logits + add, weights) if len(self.val_y) else 0
+        scores = [self.val_score((1 - w) * self.val_logits + w * self.base_logits + add, weights) for w in MIX_GRID]
+        i = max(range(len(MIX_GRID)), key=lambda j: (scores[j], -j))  # ties: less mixing
+        return MIX_GRID[i], scores[i]
 
     def fold(self, base: FeatureClassifier | None, w: float | None, tau: float) -> FeatureClassifier:
         model = mix_with_base(self.model, base, w) if w else self.model
@@ -96,20 +110,35 @@ class PendingHead:
         return model if shift is None else adjust_bias(model, shift.cpu())
 
 
-def choose_strength(heads: list[PendingHead], strength: float | str) -> tuple[float, dict]:
-    """tau (given, or the STRENGTH_GRID entry with the most val samples right over all heads) and
-    each head's mixing weight at that tau."""
+def class_weights(heads: list[PendingHead]) -> list[torch.Tensor]:
+    """Per head, each val sample's weight in the cascade's class-balanced log-loss: 1 / (its class's
+    count over all heads' val samples x the number of classes present)."""
+    labels = torch.cat([h.val_y.cpu() for h in heads])
+    counts = torch.bincount(labels).double()
+    present = int((counts > 0).sum())
+    return [1.0 / (counts[h.val_y.cpu()] * present) for h in heads]
+
+
+def choose_strength(heads: list[PendingHead], strength: float | str,
+                    criterion: str = "accuracy") -> tuple[float, dict]:
+    """tau (given, or the STRENGTH_GRID entry with the best cascade val score over all heads) and
+    each head's mixing weight at that tau; criterion "accuracy" or "log_loss" (see the module doc)."""
+    if criterion not in ("accuracy", "log_loss"):
+        raise ValueError(f"unknown calibration criterion {criterion!r}")
     taus = STRENGTH_GRID if strength == "val" else (float(strength),)
+    weights = class_weights(heads) if criterion == "log_loss" else [None] * len(heads)
     best = None
     for tau in taus:
-        mixes = {h.name: h.best_mix(tau) for h in heads}
-        right = sum(r for _, r in mixes.values())
-        if best is None or right > best[1]:
-            best = (tau, right, mixes)
-    tau, right, mixes = best
+        mixes = {h.name: h.best_mix(tau, w) for h, w in zip(heads, weights)}
+        score = sum(r for _, r in mixes.values())
+        if best is None or score > best[1]:
+            best = (tau, score, mixes)
+    tau, score, mixes = best
     total = sum(len(h.val_y) for h in heads)
     if strength == "val" and any(h.route is not None for h in heads):
-        log.info("route prior strength %.2f chosen on val (cascade val acc %.4f)", tau, right / max(total, 1))
+        shown = (f"cascade val acc {score / max(total, 1):.4f}" if criterion == "accuracy"
+                 else f"cascade class-balanced val log-loss {-score:.4f}")
+        log.info("route prior strength %.2f chosen on val (%s)", tau, shown)
     for h in heads:
         w = mixes[h.name][0]
         if w is not None:
