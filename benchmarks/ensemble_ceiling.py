@@ -23,14 +23,21 @@ import numpy as np
 import torch
 
 from dlsa_prod.data import read_features
+from dlsa_prod.errors import DLSAError
 from dlsa_prod.run_dir import load_run
 from dlsa_prod.selection import DLSA, method_val_logits, val_scores
+
+
+def fail(message: str):
+    """One line on stderr, exit code 2 (bad input), as the CLI does."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def seed_dirs(root: Path) -> list[Path]:
     dirs = sorted(root.glob("seed_*"), key=lambda p: int(p.name.split("_")[1]))
     if not dirs:
-        raise SystemExit(f"error: {root}: no seed_* run directories (run benchmarks/longtail_suite.py first)")
+        fail(f"{root}: no seed_* run directories (run benchmarks/longtail_suite.py first)")
     return dirs
 
 
@@ -90,11 +97,21 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     root = args.out / args.bench / args.variant
     feat = args.features / args.bench
-    val, test = read_features(feat / "feature_val.h5"), read_features(feat / "feature_test.h5")
+    try:
+        val, test = read_features(feat / "feature_val.h5"), read_features(feat / "feature_test.h5")
+    except DLSAError as exc:
+        fail(str(exc))
+    if args.max_members < 1:
+        fail(f"--max-members: expected at least 1, got {args.max_members}")
     per_seed, baselines = [], []
     for d in seed_dirs(root):
-        run = load_run(d)
+        try:
+            run = load_run(d)
+        except DLSAError as exc:
+            fail(str(exc))
         baselines = list(run.baselines)
+        if not baselines:
+            fail(f"{d}: the run trained no baselines (nothing to compare DLSA with)")
         c = int(run.meta["num_classes"])
         per_seed.append(score_seed(run, val, test, ensembles([DLSA, *baselines], args.max_members), c))
     text = f"### {args.bench} / {args.variant}\n\n" + table(per_seed, baselines)
