@@ -77,7 +77,7 @@ def run_one(set_name: str, schedule: str, seed: int, config_overrides: dict) -> 
     from dlsa_prod.evaluation import classifier_predictions
     from dlsa_prod.selection import logits_of, val_scores
     from dlsa_prod.training import train_baselines
-    from dlsa_prod.training.baselines import TAU_GRID
+    from dlsa_prod.training.baselines import TAU_GRID, implied_log_prior
 
     over = {"seed": seed, **config_overrides, **{f"regcls.{k}": v for k, v in SCHEDULES[schedule].items()}}
     cfg = suite.feature_config(SETS[set_name], features_of(set_name), over, "cpu")
@@ -90,7 +90,7 @@ def run_one(set_name: str, schedule: str, seed: int, config_overrides: dict) -> 
                      "val_scores": val_scores(val_logits, splits.val.labels, splits.num_classes), "info": b.info}
         if name == "CE":  # every tau of post-hoc logit adjustment: val scores and test accuracy (LA rules)
             test_logits = logits_of(b.model, splits.test.features, "cpu")
-            log_prior = np.log(np.maximum(splits.train_counts(), 1) / np.maximum(splits.train_counts(), 1).sum())
+            log_prior = implied_log_prior("CE", splits.train_counts()).numpy()  # what LA subtracts
             res["_la_taus"] = {str(t): {"val": val_scores(val_logits - t * log_prior, splits.val.labels,
                                                           splits.num_classes),
                                         "test": float(((test_logits - t * log_prior).argmax(1)

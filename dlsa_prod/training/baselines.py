@@ -77,8 +77,7 @@ class BaselineContext:
                                     torch.from_numpy(splits.train.labels).to(device))
         self.val = ClassifierData(torch.from_numpy(splits.val.features).to(device),
                                   torch.from_numpy(splits.val.labels).to(device))
-        counts = torch.from_numpy(splits.train_counts()).double().clamp(min=1)
-        self.log_prior = torch.log(counts / counts.sum()).float().to(device)
+        self.log_prior = implied_log_prior("CE", splits.train_counts()).to(device)
         self.done: dict[str, Baseline] = {}
         self._data_hash: str | None = None
 

@@ -88,7 +88,7 @@ class PendingHead:
 
     def val_score(self, logits: torch.Tensor, weights: torch.Tensor | None = None) -> float:
         """Higher is better: val samples right (weights None), or minus the weighted sum of the val
-        samples' log-losses (``calibrate_by: log_loss``; weights from class_weights)."""
+        samples' log-losses (``calibrate_by: log_loss``; weights from log_loss_weights)."""
         if weights is None:
             return int((logits.argmax(1) == self.val_y).sum())
         nll = F.cross_entropy(logits.double(), self.val_y, reduction="none")
@@ -110,7 +110,7 @@ class PendingHead:
         return model if shift is None else adjust_bias(model, shift.cpu())
 
 
-def class_weights(heads: list[PendingHead]) -> list[torch.Tensor]:
+def log_loss_weights(heads: list[PendingHead]) -> list[torch.Tensor]:
     """Per head, each val sample's weight in the cascade's class-balanced log-loss: 1 / (its class's
     count over all heads' val samples x the number of classes present)."""
     labels = torch.cat([h.val_y.cpu() for h in heads])
@@ -126,7 +126,7 @@ def choose_strength(heads: list[PendingHead], strength: float | str,
     if criterion not in ("accuracy", "log_loss"):
         raise ValueError(f"unknown calibration criterion {criterion!r}")
     taus = STRENGTH_GRID if strength == "val" else (float(strength),)
-    weights = class_weights(heads) if criterion == "log_loss" else [None] * len(heads)
+    weights = log_loss_weights(heads) if criterion == "log_loss" else [None] * len(heads)
     best = None
     for tau in taus:
         mixes = {h.name: h.best_mix(tau, w) for h, w in zip(heads, weights)}
